@@ -40,21 +40,23 @@ PoolMode = Literal["max", "avg"]
 # --------------------------------------------------------------------------- scalars
 
 
-def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+def check_int(value: Any, name: str, *, minimum: int | None = None, arg: str | None = None) -> int:
     """Return ``value`` as an ``int``, rejecting booleans, floats and strings.
 
     Raises
     ------
     ParameterError
-        If ``value`` is not an integer, or is below ``minimum``.
+        If ``value`` is not an integer, or is below ``minimum``. Its ``arg`` is
+        ``arg`` when given (e.g. ``"stride"`` for ``stride[0]``), else ``name``.
     """
+    arg = arg or name
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ParameterError(
-            f"{name} must be an integer, got {_short(value)} ({type(value).__name__})", arg=name
+            f"{name} must be an integer, got {_short(value)} ({type(value).__name__})", arg=arg
         )
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ParameterError(f"{name} must be >= {minimum}, got {value}", arg=name)
+        raise ParameterError(f"{name} must be >= {minimum}, got {value}", arg=arg)
     return value
 
 
@@ -71,8 +73,8 @@ def as_pair(value: Any, name: str, *, minimum: int = 1) -> Pair:
             raise ParameterError(
                 f"{name} must be an integer or a pair (h, w), got {len(value)} values", arg=name
             )
-        h = check_int(value[0], f"{name}[0]", minimum=minimum)
-        w = check_int(value[1], f"{name}[1]", minimum=minimum)
+        h = check_int(value[0], f"{name}[0]", minimum=minimum, arg=name)
+        w = check_int(value[1], f"{name}[1]", minimum=minimum, arg=name)
         return h, w
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ParameterError(
@@ -133,13 +135,17 @@ def resolve_conv_padding(padding: Any, kernel: Pair, stride: Pair, dilation: Pai
             tw = dilation[1] * (kernel[1] - 1)
             return th // 2, th - th // 2, tw // 2, tw - tw // 2
         raise ParameterError(
-            f"padding must be an integer, a pair, a 4-tuple, 'same' or 'valid'; got {_short(padding)}",
+            "padding must be an integer, a pair, a 4-tuple, 'same' or 'valid'; "
+            f"got {_short(padding)}",
             arg="padding",
         )
     if isinstance(padding, Sequence):
         if len(padding) == 4:
-            t, b, l, r = (check_int(p, f"padding[{i}]", minimum=0) for i, p in enumerate(padding))
-            return t, b, l, r
+            top, bottom, left, right = (
+                check_int(p, f"padding[{i}]", minimum=0, arg="padding")
+                for i, p in enumerate(padding)
+            )
+            return top, bottom, left, right
         if len(padding) != 2:
             raise ParameterError(
                 "padding must be an integer, (ph, pw) or (top, bottom, left, right); "
@@ -315,14 +321,22 @@ class Pool2dGeometry:
 # --------------------------------------------------------------------------- layers
 
 
-def _check_shape(shape: Any, name: str, ndim: int | None = None, *, min_ndim: int = 1) -> tuple[int, ...]:
+def _check_shape(
+    shape: Any, name: str, ndim: int | None = None, *, min_ndim: int = 1
+) -> tuple[int, ...]:
     if isinstance(shape, str) or not isinstance(shape, Sequence):
-        raise ShapeError(f"{name} must be a shape (a sequence of integers), got {_short(shape)}", arg=name)
-    dims = tuple(check_int(s, f"{name} dimension {i}", minimum=0) for i, s in enumerate(shape))
+        raise ShapeError(
+            f"{name} must be a shape (a sequence of integers), got {_short(shape)}", arg=name
+        )
+    dims = tuple(
+        check_int(s, f"{name} dimension {i}", minimum=0, arg=name) for i, s in enumerate(shape)
+    )
     if ndim is not None and len(dims) != ndim:
         raise ShapeError(f"{name} must be {ndim}-D, got shape {dims} ({len(dims)}-D)", arg=name)
     if len(dims) < min_ndim:
-        raise ShapeError(f"{name} must have at least {min_ndim} dimensions, got shape {dims}", arg=name)
+        raise ShapeError(
+            f"{name} must have at least {min_ndim} dimensions, got shape {dims}", arg=name
+        )
     if any(s == 0 for s in dims):
         raise ShapeError(f"{name} has an empty dimension: shape {dims}", arg=name)
     return dims
@@ -333,7 +347,8 @@ def _positive_out(axis: str, out: int, size: int, k: int, s: int, lo: int, hi: i
         raise ShapeError(
             f"output {axis} would be {out}: floor(({axis} {size} + padding {lo}+{hi} "
             f"- dilation {d}*(kernel {k} - 1) - 1) / stride {s}) + 1 = {out}; "
-            f"the padded input ({size + lo + hi}) is smaller than the kernel extent ({d * (k - 1) + 1})",
+            f"the padded input ({size + lo + hi}) is smaller than the kernel extent "
+            f"({d * (k - 1) + 1})",
             arg="x",
         )
 
@@ -433,7 +448,7 @@ def pool2d_geometry(
 
 
 def linear_info(x_shape: Sequence[int], w_shape: Sequence[int], *, bias: bool = True) -> LayerInfo:
-    """Check a fully connected layer's shapes: ``x (N, D1..Dk)`` flattened to ``(N, D)``, ``w (D, M)``.
+    """Check a fully connected layer: ``x (N, D1..Dk)`` used as ``(N, D)``, ``w (D, M)``.
 
     Raises
     ------

@@ -28,7 +28,8 @@ def as_float_array(a: Any, name: str, *, ndim: int | None = None) -> np.ndarray:
         try:
             a = np.asarray(a)
         except (ValueError, TypeError) as exc:  # ragged nested lists and the like
-            raise DtypeError(f"{name} is not a rectangular numeric array ({exc})", arg=name) from None
+            msg = f"{name} is not a rectangular numeric array ({exc})"
+            raise DtypeError(msg, arg=name) from None
     if a.dtype not in FLOAT_DTYPES:
         if a.dtype.kind in "biu":
             a = a.astype(np.float64)
