@@ -1,0 +1,113 @@
+"""The FastAPI application: ``create_app(settings)`` wires routers, middleware and handlers."""
+
+from __future__ import annotations
+
+import time
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__, metrics
+from .compute import ComputeSlots
+from .problems import install_problem_handlers, problem_response
+from .settings import Settings
+
+
+class BodyLimitMiddleware:
+    """413 once more than ``max_bytes`` of body have arrived (chunked bodies included),
+    408 when the whole body takes longer than ``timeout`` seconds to arrive.
+
+    It counts bytes as they are received, so neither a lying ``Content-Length`` nor
+    a chunked upload gets past it.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            metrics.REJECTED.labels(limit="body").inc()
+            await self._too_large(scope, receive, send)
+            return
+        received = 0
+        deadline = time.monotonic() + self.timeout
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    metrics.REJECTED.labels(limit="body").inc()
+                    raise _BodyRejected(413)
+                if message.get("more_body") and time.monotonic() > deadline:
+                    raise _BodyRejected(408)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyRejected as exc:
+            if response_started:
+                raise
+            if exc.status == 413:
+                await self._too_large(scope, receive, send)
+            else:
+                detail = f"the request body did not arrive within {self.timeout:g} s"
+                await problem_response(408, detail, headers={"Connection": "close"})(
+                    scope, receive, send
+                )
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"the request body exceeds {self.max_bytes} bytes (CNN_MAX_BODY_BYTES)"
+        response = problem_response(413, detail, [([], detail)], headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+class _BodyRejected(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application.
+
+    Parameters
+    ----------
+    settings
+        Limits and options; read from ``CNN_*`` environment variables when omitted.
+    """
+    from .routes import ALL_ROUTERS  # routes import schemas, which import this package
+
+    settings = settings or Settings()
+    app = FastAPI(
+        title="cnn-service",
+        version=__version__,
+        summary="Convolution, pooling and fully connected layers: forward and backward over HTTP.",
+        docs_url=None,  # served from local assets by routes.docs (works offline)
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.slots = ComputeSlots(
+        settings.max_concurrency, settings.queue_timeout, settings.retry_after
+    )
+    app.state.ready = True
+    install_problem_handlers(app)
+    for router in ALL_ROUTERS:
+        app.include_router(router)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout
+    )
+    return app

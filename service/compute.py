@@ -1,0 +1,99 @@
+"""Running a computation: budget checks, a bounded number of slots, timing.
+
+Handlers are plain ``def`` (FastAPI runs them in its thread pool, so the event
+loop keeps answering ``/health/live`` while numpy computes). Each computation
+takes one of ``CNN_MAX_CONCURRENCY`` slots; a request that cannot get one within
+``CNN_QUEUE_TIMEOUT`` seconds is shed with a 503 and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from cnncore import CnnError
+
+from . import metrics
+from .problems import ApiError, Loc, from_cnn_error
+from .settings import Settings
+
+T = TypeVar("T")
+
+
+class ComputeSlots:
+    """At most ``size`` computations at once; waiting is bounded by ``timeout`` seconds."""
+
+    def __init__(self, size: int, timeout: float, retry_after: int) -> None:
+        self.size = size
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._sem = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self.in_use = 0
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[None]:
+        """Hold one slot for the duration of the ``with`` block.
+
+        Raises
+        ------
+        ApiError
+            503 with ``Retry-After`` when no slot frees up within the timeout.
+        """
+        if not self._sem.acquire(timeout=self.timeout):
+            metrics.REJECTED.labels(limit="concurrency").inc()
+            raise ApiError(
+                503,
+                f"All {self.size} computation slots are busy; retry in {self.retry_after} s.",
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        with self._lock:
+            self.in_use += 1
+        metrics.IN_FLIGHT.inc()
+        try:
+            yield
+        finally:
+            metrics.IN_FLIGHT.dec()
+            with self._lock:
+                self.in_use -= 1
+            self._sem.release()
+
+
+def check_budget(settings: Settings, flops: int, work_bytes: int, loc: Loc = ()) -> None:
+    """Refuse (413) a request whose FLOPs or working memory exceed the configured limits.
+
+    Both numbers come from shapes alone, so nothing has been computed or allocated yet.
+    """
+    if flops > settings.max_flops:
+        metrics.REJECTED.labels(limit="flops").inc()
+        raise ApiError(
+            413,
+            f"this request needs {flops:.3g} FLOPs; the limit is {settings.max_flops:.3g} "
+            "(CNN_MAX_FLOPS)",
+            [(list(loc), f"{flops:.3g} FLOPs exceeds the limit of {settings.max_flops:.3g}")],
+        )
+    if work_bytes > settings.max_request_bytes:
+        metrics.REJECTED.labels(limit="memory").inc()
+        raise ApiError(
+            413,
+            f"this request needs about {work_bytes / 2**20:.1f} MiB of working memory; the limit "
+            f"is {settings.max_request_bytes / 2**20:.1f} MiB (CNN_MAX_REQUEST_BYTES)",
+            [(list(loc), "working memory exceeds the limit")],
+        )
+
+
+def run(slots: ComputeSlots, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+    """Call ``fn`` in a computation slot; return its result and the time taken in ms.
+
+    Core errors (:class:`cnncore.CnnError`) become 422 problems naming the argument.
+    """
+    with slots.acquire():
+        start = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except CnnError as exc:
+            raise from_cnn_error(exc) from None
+        return result, (time.perf_counter() - start) * 1e3

@@ -1,0 +1,230 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``), in one place.
+
+Every error the service sends goes through :func:`problem_response`:
+``{"type", "title", "status", "detail", "errors": [{"loc": [...], "msg": "..."}]}``.
+No error body echoes more than a short excerpt of what was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from cnncore import CnnError
+
+log = logging.getLogger("service")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+MAX_MSG_CHARS = 300
+
+#: Problem ``type`` URIs, by status.
+PROBLEM_TYPES: dict[int, str] = {
+    400: "urn:cnn-service:problem:malformed-request",
+    404: "urn:cnn-service:problem:not-found",
+    405: "urn:cnn-service:problem:method-not-allowed",
+    408: "urn:cnn-service:problem:request-timeout",
+    413: "urn:cnn-service:problem:too-large",
+    415: "urn:cnn-service:problem:unsupported-media-type",
+    422: "urn:cnn-service:problem:invalid-input",
+    500: "urn:cnn-service:problem:internal-error",
+    503: "urn:cnn-service:problem:overloaded",
+}
+
+Loc = Sequence[str | int]
+
+
+class ErrorItem(BaseModel):
+    """One thing wrong with the request."""
+
+    loc: list[str | int] = Field(
+        description="Path to the offending field, e.g. ['layers', 3, 'w']."
+    )
+    msg: str = Field(description="What was expected and what was given.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(description="URI identifying the kind of problem.")
+    title: str = Field(description="Short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="Explanation of this occurrence.")
+    errors: list[ErrorItem] = Field(default_factory=list, description="Field-level errors.")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, raised anywhere in the service and rendered once.
+
+    Parameters
+    ----------
+    status
+        HTTP status code.
+    detail
+        Human-readable explanation.
+    errors
+        ``(loc, msg)`` pairs naming the fields at fault.
+    headers
+        Extra response headers (``Retry-After`` for 503).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: Iterable[tuple[Loc, str]] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = [(list(loc), msg) for loc, msg in errors]
+        self.headers = dict(headers or {})
+
+
+def invalid(loc: Loc, msg: str, status: int = 422) -> ApiError:
+    """An :class:`ApiError` for a single field (422 unless told otherwise)."""
+    return ApiError(status, f"{_loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
+
+
+def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> ApiError:
+    """Map a core error to a 422 whose ``loc`` is ``prefix + [exc.arg]``."""
+    loc = [*prefix, exc.arg] if exc.arg else list(prefix)
+    return invalid(loc, exc.message)
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    errors: Iterable[tuple[Loc, str]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """Render a problem details response."""
+    body = {
+        "type": PROBLEM_TYPES.get(status, "about:blank"),
+        "title": _title(status),
+        "status": status,
+        "detail": _clip(detail),
+        "errors": [{"loc": list(loc), "msg": _clip(msg)} for loc, msg in errors],
+    }
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _clip(text: str, limit: int = MAX_MSG_CHARS) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _loc_text(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+_PRIMITIVE_TAGS = {"int", "str", "bool", "float", "list", "dict", "none", "tuple"}
+
+
+def _pydantic_loc(loc: Sequence[Any]) -> list[str | int]:
+    """Locs name fields of the JSON document.
+
+    Drops FastAPI's leading ``body`` and pydantic's union-branch tags such as
+    ``constrained-int`` or ``tuple[...]`` (field names never contain ``[`` or ``-``).
+    """
+    parts = [p if isinstance(p, int) else str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return [
+        p for p in parts if isinstance(p, int) or not ("[" in p or "-" in p or p in _PRIMITIVE_TAGS)
+    ]
+
+
+def _merge(items: list[tuple[list[str | int], str]]) -> list[tuple[list[str | int], str]]:
+    """One entry per loc: the alternatives of a union failing together read as one error."""
+    merged: dict[tuple[str | int, ...], list[str]] = {}
+    for loc, msg in items:
+        msgs = merged.setdefault(tuple(loc), [])
+        if msg not in msgs:
+            msgs.append(msg)
+    return [(list(loc), "; or ".join(msgs)) for loc, msgs in merged.items()]
+
+
+def _validation_problem(exc: RequestValidationError) -> Response:
+    errors = list(exc.errors())
+    if any(e.get("type") in ("json_invalid", "json_type") for e in errors):
+        first = next(e for e in errors if e.get("type") in ("json_invalid", "json_type"))
+        msg = str(first.get("ctx", {}).get("error", first.get("msg", "invalid JSON")))
+        return problem_response(400, f"The request body is not valid JSON: {msg}", [([], msg)])
+    too_large = [e for e in errors if e.get("type") == "too_large"]
+    if too_large:
+        items = [(_pydantic_loc(e["loc"]), str(e["msg"])) for e in too_large]
+        return problem_response(413, items[0][1], items)
+    items = _merge([(_pydantic_loc(e["loc"]), _message(e)) for e in errors])
+    where = ", ".join(_loc_text(loc) or "body" for loc, _ in items[:5])
+    return problem_response(422, f"Invalid request: {where}", items)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    # pydantic's own messages never contain the input; we drop "input" entirely.
+    msg = str(error.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Render every error the app can raise as problem details."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+
+    @app.exception_handler(CnnError)
+    async def _cnn_error(_: Request, exc: CnnError) -> Response:
+        err = from_cnn_error(exc)
+        return problem_response(err.status, err.detail, err.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return _validation_problem(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "Internal error; it has been logged.")
+
+
+#: OpenAPI ``responses`` entry documenting the error statuses of a computing route.
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI description of the problem responses a route can give."""
+    descriptions = {
+        400: "Malformed JSON.",
+        408: "The request body arrived too slowly.",
+        413: "Body, tensor, compute or memory budget too large.",
+        422: "Invalid values, or shapes that do not fit together.",
+        503: "Overloaded: every computation slot is busy. Retry after `Retry-After` seconds.",
+    }
+    return {
+        s: {
+            "model": Problem,
+            "description": descriptions.get(s, _title(s)),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for s in statuses
+    }

@@ -1,0 +1,5 @@
+"""One APIRouter per resource."""
+
+from . import conv
+
+ALL_ROUTERS = [conv.router]

@@ -1,0 +1,66 @@
+"""Service configuration: every setting is an environment variable with the ``CNN_`` prefix."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class Settings(BaseSettings):
+    """Limits and server options, read from ``CNN_*`` environment variables.
+
+    Every limit has a safe default for a 2-core, 24 GiB machine and is shown by
+    ``GET /v1/info``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CNN_", frozen=True, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes.")
+    log_level: str = Field("info", description="uvicorn log level.")
+
+    max_body_bytes: int = Field(
+        64 * MiB, ge=1, description="Largest request body accepted, counted as received (413)."
+    )
+    max_elements: int = Field(16_777_216, ge=1, description="Most elements in one tensor (413).")
+    max_flops: float = Field(
+        2e10, gt=0, description="Most floating point operations one request may ask for (413)."
+    )
+    max_request_bytes: int = Field(
+        4 * GiB,
+        ge=1,
+        description="Most working memory (inputs, buffers, outputs) one request may need (413).",
+    )
+    max_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Computations running at once; further requests wait for a slot.",
+    )
+    queue_timeout: float = Field(
+        2.0, ge=0, description="Seconds a request waits for a computation slot before a 503."
+    )
+    retry_after: int = Field(1, ge=1, description="Seconds sent in Retry-After with a 503.")
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds allowed to receive a whole request body (408)."
+    )
+    graceful_timeout: float = Field(
+        20.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
+    )
+
+    def limits(self) -> dict[str, float | int]:
+        """The limits in force, as ``/v1/info`` reports them."""
+        return {
+            "max_body_bytes": self.max_body_bytes,
+            "max_elements": self.max_elements,
+            "max_flops": self.max_flops,
+            "max_request_bytes": self.max_request_bytes,
+            "max_concurrency": self.max_concurrency,
+            "queue_timeout": self.queue_timeout,
+            "body_timeout": self.body_timeout,
+        }

@@ -1,0 +1,245 @@
+"""Tensors on the wire <-> numpy arrays.
+
+A tensor arrives in one of three forms::
+
+    [[1.0, 2.0], [3.0, 4.0]]                                     nested list, row-major
+    {"shape": [2, 2], "dtype": "float32", "data": [1, 2, 3, 4]}  flat data + shape
+    {"shape": [2, 2], "dtype": "float32", "b64": "AACAPw..."}    base64 little-endian C order
+
+Decoding goes straight to numpy (``frombuffer`` for base64, one ``np.asarray`` for
+lists) after the element limit has been checked against the declared (or, for
+nested lists, the inferred) shape, so nothing large is allocated for a request
+that is going to be refused.
+
+Limits come from a context variable that the app sets per request
+(:func:`limits_scope`); outside a request the defaults of :class:`Settings` apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import math
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+MAX_NDIM = 8
+DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+Encoding = Literal["list", "b64"]
+
+
+@dataclass(frozen=True)
+class TensorLimits:
+    """Per-request limits applied while decoding."""
+
+    max_elements: int = 16_777_216
+
+
+_limits: ContextVar[TensorLimits] = ContextVar("tensor_limits", default=TensorLimits())
+
+
+@contextlib.contextmanager
+def limits_scope(limits: TensorLimits) -> Iterator[None]:
+    """Apply ``limits`` to every tensor decoded inside the ``with`` block."""
+    token = _limits.set(limits)
+    try:
+        yield
+    finally:
+        _limits.reset(token)
+
+
+def _fail(kind: str, msg: str) -> PydanticCustomError:
+    # kind "too_large" is rendered as 413 by the problem handler; the rest as 422.
+    return PydanticCustomError(kind, msg)
+
+
+def _check_elements(shape: tuple[int, ...]) -> int:
+    count = math.prod(shape)
+    limit = _limits.get().max_elements
+    if count > limit:
+        dims = "×".join(map(str, shape))
+        raise _fail(
+            "too_large", f"tensor of shape {dims} has {count} elements; the limit is {limit}"
+        )
+    return count
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not shape:
+        raise _fail("tensor_shape", "shape must be a non-empty list of positive integers")
+    if len(shape) > MAX_NDIM:
+        raise _fail("tensor_shape", f"shape has {len(shape)} dimensions; at most {MAX_NDIM}")
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise _fail("tensor_shape", "shape must be a list of positive integers")
+    return tuple(shape)
+
+
+def _dtype(value: Any) -> np.dtype:
+    if value not in DTYPES:
+        raise _fail("tensor_dtype", "dtype must be 'float32' or 'float64'")
+    return DTYPES[value]
+
+
+def _infer_shape(data: list[Any]) -> tuple[int, ...]:
+    """Shape of a nested list from its first elements (raggedness is caught later)."""
+    shape: list[int] = []
+    node: Any = data
+    while isinstance(node, list):
+        if not node:
+            raise _fail("tensor_shape", "tensor has an empty dimension")
+        shape.append(len(node))
+        if len(shape) > MAX_NDIM:
+            raise _fail("tensor_shape", f"tensor is nested more than {MAX_NDIM} levels deep")
+        node = node[0]
+    return tuple(shape)
+
+
+def _from_numbers(data: list[Any], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError):
+        raise _fail("tensor_ragged", "tensor is ragged: its rows have different lengths") from None
+    if arr.shape != shape:
+        raise _fail("tensor_ragged", "tensor is ragged: its rows have different lengths")
+    if arr.dtype.kind not in "iuf":
+        raise _fail("tensor_values", "tensor values must all be numbers")
+    out = arr.astype(dtype, copy=False)
+    if not np.isfinite(out).all():
+        raise _fail("tensor_values", f"tensor values must be finite and fit in {dtype.name}")
+    return out
+
+
+def decode_tensor(value: Any) -> np.ndarray:
+    """Decode one wire tensor; nested lists become float64 (the request may recast).
+
+    Raises
+    ------
+    pydantic_core.PydanticCustomError
+        ``too_large`` over the element limit; other kinds for malformed tensors.
+    """
+    if isinstance(value, np.ndarray):  # already decoded (in-process callers)
+        return value
+    if isinstance(value, list):
+        shape = _infer_shape(value)
+        _check_elements(shape)
+        return _from_numbers(value, shape, DTYPES["float64"])
+    if not isinstance(value, dict):
+        raise _fail(
+            "tensor_type",
+            "a tensor must be a nested list, {shape, dtype, data} or {shape, dtype, b64}",
+        )
+    extra = set(value) - {"shape", "dtype", "data", "b64"}
+    if extra:
+        raise _fail("tensor_type", f"unexpected tensor keys: {', '.join(sorted(extra))[:80]}")
+    if ("data" in value) == ("b64" in value):
+        raise _fail("tensor_type", "a tensor object needs exactly one of 'data' and 'b64'")
+    shape = _check_shape(value.get("shape"))
+    dtype = _dtype(value.get("dtype", "float64"))
+    count = _check_elements(shape)
+    if "data" in value:
+        data = value["data"]
+        if not isinstance(data, list) or len(data) != count:
+            got = len(data) if isinstance(data, list) else type(data).__name__
+            raise _fail("tensor_shape", f"data must be a flat list of {count} numbers, got {got}")
+        return _from_numbers(data, (count,), dtype).reshape(shape)
+    text = value["b64"]
+    nbytes = count * dtype.itemsize
+    if not isinstance(text, str) or len(text) != 4 * math.ceil(nbytes / 3):
+        raise _fail(
+            "tensor_b64",
+            f"b64 must encode {nbytes} bytes ({count} {dtype.name} values) "
+            f"as {4 * math.ceil(nbytes / 3)} base64 characters",
+        )
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise _fail("tensor_b64", "b64 is not valid base64") from None
+    if len(raw) != nbytes:
+        raise _fail("tensor_b64", f"b64 decodes to {len(raw)} bytes, expected {nbytes}")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if not np.isfinite(arr).all():
+        raise _fail("tensor_values", "tensor values must be finite (no NaN or infinity)")
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def encode_tensor(arr: np.ndarray, encoding: Encoding) -> Any:
+    """Wire form of ``arr``: the array itself (orjson writes nested lists) or b64.
+
+    Raises
+    ------
+    ValueError
+        If ``arr`` holds NaN or infinity: JSON cannot carry them, and a silent
+        ``null`` would be worse than an error.
+    """
+    if not np.isfinite(arr).all():
+        raise ValueError("the result is not finite (overflow); inputs may be too large")
+    if encoding == "b64":
+        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        return {
+            "shape": list(arr.shape),
+            "dtype": arr.dtype.name,
+            "b64": base64.b64encode(le.tobytes()).decode("ascii"),
+        }
+    return np.ascontiguousarray(arr)
+
+
+_NUMBER_ARRAY: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
+}
+
+TENSOR_SCHEMA: dict[str, Any] = {
+    "title": "Tensor",
+    "description": (
+        "A tensor: a nested list (row-major, float64 unless the request sets `dtype`), "
+        "`{shape, dtype, data}` with flat row-major data, or `{shape, dtype, b64}` with "
+        "base64 of the little-endian C-order bytes."
+    ),
+    "anyOf": [
+        {**_NUMBER_ARRAY, "title": "NestedList"},
+        {
+            "title": "FlatTensor",
+            "type": "object",
+            "required": ["shape", "data"],
+            "additionalProperties": False,
+            "properties": {
+                "shape": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1},
+                    "minItems": 1,
+                    "maxItems": MAX_NDIM,
+                },
+                "dtype": {"type": "string", "enum": list(DTYPES), "default": "float64"},
+                "data": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+            },
+        },
+        {
+            "title": "Base64Tensor",
+            "type": "object",
+            "required": ["shape", "b64"],
+            "additionalProperties": False,
+            "properties": {
+                "shape": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1},
+                    "minItems": 1,
+                    "maxItems": MAX_NDIM,
+                },
+                "dtype": {"type": "string", "enum": list(DTYPES), "default": "float64"},
+                "b64": {"type": "string", "contentEncoding": "base64"},
+            },
+        },
+    ],
+}
+
+#: A request field holding a tensor; validates straight to ``numpy.ndarray``.
+Tensor = Annotated[np.ndarray, PlainValidator(decode_tensor), WithJsonSchema(TENSOR_SCHEMA)]
