@@ -1,9 +1,249 @@
-"""Work in progress (being written this session)."""
+"""2-D max and average pooling, vectorised, with the semantics of PyTorch's pooling.
+
+The tutorial's pooling layer keeps the depth and shrinks the plane to
+``W2 = (W1 - F) / S + 1``; here with floor division, optional symmetric padding
+(at most half the kernel) and ``ceil_mode``, all resolved by
+:func:`cnncore.geometry.pool2d_geometry`.
+
+Vectorisation: the input is padded once (``-inf`` for max, zeros for average) so
+that every window, ``ceil_mode``'s partial ones too, lies inside the array. Then:
+
+- max forward: all windows as one ``(N, C, H', W', KH*KW)`` array (a sliding-window
+  view, copied once), ``argmax`` over the last axis;
+- max backward: the argmax positions in the flattened input, and ``np.bincount``
+  adds each ``dout`` at its position (so overlapping windows accumulate);
+- average: window cell ``(a, b)`` of every output pixel is one strided view
+  ``xp[:, :, a::sh, b::sw]``; forward sums and backward spreads over the
+  ``KH * KW`` cells, the only Python loop.
+
+The plain-loop twins are :func:`cnncore.reference.max_pool_forward_naive`,
+:func:`~cnncore.reference.max_pool_backward_naive`,
+:func:`~cnncore.reference.avg_pool_forward_naive` and
+:func:`~cnncore.reference.avg_pool_backward_naive`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .geometry import Pool2dGeometry, pool2d_geometry
+from .validation import as_float_array, check_dout
+
+PoolCache = tuple[Pool2dGeometry, np.dtype, np.ndarray | None]
+"""``(geometry, dtype, first)``: ``first`` (max mode) indexes each window's first maximum."""
 
 
-def pool2d_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
-    raise NotImplementedError
+def pool2d_forward(
+    x: Any,
+    *,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    mode: Any = "max",
+    ceil_mode: Any = False,
+    count_include_pad: Any = True,
+) -> tuple[np.ndarray, PoolCache]:
+    """Max or average pooling over each channel of a batch of images.
+
+    Plain-loop twins: :func:`cnncore.reference.max_pool_forward_naive` and
+    :func:`cnncore.reference.avg_pool_forward_naive`.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+        float32 or float64 (kept); integer or bool (converted to float64).
+    kernel_size : int or (int, int)
+        Window size ``(KH, KW)``, each >= 1.
+    stride : int or (int, int) or None
+        Step between windows; ``None`` means ``kernel_size``.
+    padding : int or (int, int)
+        Symmetric padding ``(PH, PW)``, at most half the kernel. Max pooling pads
+        with ``-inf``, average pooling with zeros.
+    mode : {"max", "avg"}
+    ceil_mode : bool
+        Use the ceiling instead of the floor for the output size (a last, partial
+        window, which must start inside the input or the leading padding).
+    count_include_pad : bool
+        Average pooling only: divide by the number of window cells inside the
+        padded input (True) or inside the real input (False).
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, H', W')
+        ``H' = floor((H + 2*PH - KH) / SH) + 1`` (ceiling with ``ceil_mode``);
+        same dtype as ``x`` after conversion.
+    cache : tuple
+        For :func:`pool2d_backward`.
+
+    Raises
+    ------
+    cnncore.DtypeError
+        If ``x`` is not a real numeric array.
+    cnncore.ShapeError
+        If ``x`` is not 4-D, has an empty dimension, or the output would be empty.
+    cnncore.ParameterError
+        If a hyper-parameter is malformed or out of range.
+    """
+    x = as_float_array(x, "x")
+    g = pool2d_geometry(
+        x.shape,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        mode=mode,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+    if g.mode == "max":
+        out, first = _max_forward(x, g)
+        return out, (g, x.dtype, first)
+    return _avg_forward(x, g), (g, x.dtype, None)
 
 
-def pool2d_backward(*args, **kwargs):  # type: ignore[no-untyped-def]
-    raise NotImplementedError
+def pool2d_backward(dout: Any, cache: PoolCache) -> np.ndarray:
+    """Gradient of :func:`pool2d_forward` with respect to ``x``.
+
+    Max pooling sends each window's gradient to its first maximum in row-major
+    window order; average pooling spreads it evenly over the window's counted
+    cells. Overlapping windows (stride < kernel) add their contributions.
+
+    Plain-loop twins: :func:`cnncore.reference.max_pool_backward_naive` and
+    :func:`cnncore.reference.avg_pool_backward_naive`.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, C, H', W')
+        Upstream gradient, the shape of the forward output.
+    cache : tuple
+        From :func:`pool2d_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+        Same dtype as the forward input.
+
+    Raises
+    ------
+    cnncore.ShapeError
+        If ``dout``'s shape differs from the forward output's.
+    cnncore.DtypeError
+        If ``dout`` is not a real numeric array.
+    """
+    g, dtype, first = cache
+    dout = check_dout(dout, g.output_shape, dtype)
+    if first is not None:
+        return _max_backward(dout, g, first)
+    return _avg_backward(dout, g)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _offsets(g: Pool2dGeometry) -> list[tuple[int, int]]:
+    """Window cells ``(a, b)`` in row-major order (the order that decides tied maxima)."""
+    return [(a, b) for a in range(g.kh) for b in range(g.kw)]
+
+
+def _cell(xp: np.ndarray, g: Pool2dGeometry, a: int, b: int) -> np.ndarray:
+    """View of window cell ``(a, b)`` of every output pixel: shape ``(N, C, H', W')``."""
+    return xp[
+        :,
+        :,
+        a : a + g.sh * (g.out_h - 1) + 1 : g.sh,
+        b : b + g.sw * (g.out_w - 1) + 1 : g.sw,
+    ]
+
+
+def _padded_extent(g: Pool2dGeometry) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` padding so every window, ceil_mode's too, fits."""
+    bottom = max(g.ph, (g.out_h - 1) * g.sh + g.kh - g.h - g.ph)
+    right = max(g.pw, (g.out_w - 1) * g.sw + g.kw - g.w - g.pw)
+    return g.ph, bottom, g.pw, right
+
+
+def _pad(x: np.ndarray, g: Pool2dGeometry, fill: float) -> np.ndarray:
+    top, bottom, left, right = _padded_extent(g)
+    if not (top or bottom or left or right):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fill)
+
+
+def _unpad(dxp: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    return dxp[:, :, g.ph : g.ph + g.h, g.pw : g.pw + g.w]
+
+
+def _zeros_padded(g: Pool2dGeometry, dtype: np.dtype) -> np.ndarray:
+    top, bottom, left, right = _padded_extent(g)
+    return np.zeros((g.n, g.c, g.h + top + bottom, g.w + left + right), dtype=dtype)
+
+
+def _counts(out: int, s: int, k: int, p: int, size: int, include_pad: bool) -> np.ndarray:
+    """Counted cells of each window along one axis (windows clipped like PyTorch's)."""
+    start = np.arange(out) * s - p
+    stop = np.minimum(start + k, size + p)
+    if include_pad:
+        return stop - start
+    return np.minimum(stop, size) - np.maximum(start, 0)
+
+
+def _divisor(g: Pool2dGeometry, dtype: np.dtype) -> np.ndarray:
+    """Average pooling's divisor per output pixel, shape ``(H', W')``."""
+    rows = _counts(g.out_h, g.sh, g.kh, g.ph, g.h, g.count_include_pad)
+    cols = _counts(g.out_w, g.sw, g.kw, g.pw, g.w, g.count_include_pad)
+    return np.multiply.outer(rows, cols).astype(dtype)
+
+
+# --------------------------------------------------------------------------- max
+
+
+def _max_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
+    xp = _pad(x, g, -np.inf)
+    windows = sliding_window_view(xp, (g.kh, g.kw), axis=(2, 3))[
+        :, :, : g.sh * (g.out_h - 1) + 1 : g.sh, : g.sw * (g.out_w - 1) + 1 : g.sw
+    ]
+    # One copy to (N, C, H', W', KH*KW); np.argmax returns the first of tied maxima,
+    # which is the first in row-major window order.
+    flat = windows.reshape(*g.output_shape, g.kh * g.kw)
+    first = np.argmax(flat, axis=-1)
+    out = np.take_along_axis(flat, first[..., None], axis=-1)[..., 0]
+    return out, first
+
+
+def _max_backward(dout: np.ndarray, g: Pool2dGeometry, first: np.ndarray) -> np.ndarray:
+    # Position of each window's first maximum in the flattened padded input; bincount
+    # then adds every dout to its position, so overlapping windows accumulate.
+    top, bottom, left, right = _padded_extent(g)
+    hp, wp = g.h + top + bottom, g.w + left + right
+    cell = np.array([a * wp + b for a, b in _offsets(g)])
+    corner = (
+        (np.arange(g.n * g.c) * (hp * wp))[:, None, None]
+        + (np.arange(g.out_h) * (g.sh * wp))[:, None]
+        + np.arange(g.out_w) * g.sw
+    )
+    where = corner.reshape(g.output_shape) + cell[first]
+    dxp = np.bincount(where.ravel(), weights=dout.ravel(), minlength=g.n * g.c * hp * wp)
+    return _unpad(dxp.reshape(g.n, g.c, hp, wp), g).astype(dout.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- average
+
+
+def _avg_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    xp = _pad(x, g, 0.0)
+    offsets = _offsets(g)
+    out = _cell(xp, g, 0, 0).copy()
+    for a, b in offsets[1:]:
+        out += _cell(xp, g, a, b)
+    out /= _divisor(g, x.dtype)
+    return out
+
+
+def _avg_backward(dout: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    share = dout / _divisor(g, dout.dtype)
+    dxp = _zeros_padded(g, dout.dtype)
+    for a, b in _offsets(g):
+        _cell(dxp, g, a, b)[...] += share
+    return _unpad(dxp, g)
