@@ -1,5 +1,68 @@
-"""Work in progress (being written this session)."""
+"""Losses on class scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import DtypeError, ParameterError, ShapeError
+from .validation import as_float_array
 
 
-def softmax_cross_entropy(*args, **kwargs):  # type: ignore[no-untyped-def]
-    raise NotImplementedError
+def softmax_cross_entropy(scores: Any, y: Any) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy over the batch, and its gradient.
+
+    ``loss = mean_i(log(sum_j exp(scores[i, j])) - scores[i, y[i]])``, computed with
+    the maximum of each row subtracted first (log-sum-exp), so large scores do
+    not overflow.
+
+    Parameters
+    ----------
+    scores : array_like, shape (N, C)
+        float32 or float64 (kept); integer or bool (converted to float64).
+    y : array_like of int, shape (N,)
+        Class labels, ``0 <= y[i] < C``. Booleans and floats are rejected.
+
+    Returns
+    -------
+    loss : float
+    dscores : ndarray, shape (N, C)
+        ``(softmax(scores) - onehot(y)) / N``, same dtype as ``scores``.
+
+    Raises
+    ------
+    cnncore.DtypeError
+        If ``scores`` is not real numeric, or ``y`` is not an integer array.
+    cnncore.ShapeError
+        If ``scores`` is not 2-D with non-empty dimensions or ``y`` is not ``(N,)``.
+    cnncore.ParameterError
+        If a label is outside ``[0, C)``.
+    """
+    scores = as_float_array(scores, "scores", ndim=2)
+    n, c = scores.shape
+    if n == 0 or c == 0:
+        raise ShapeError(f"scores has an empty dimension: shape {scores.shape}", arg="scores")
+    y = _check_labels(y, n, c)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = shifted - log_norm
+    rows = np.arange(n)
+    loss = -float(np.mean(log_probs[rows, y]))
+    dscores = np.exp(log_probs)
+    dscores[rows, y] -= 1
+    dscores /= n
+    return loss, dscores
+
+
+def _check_labels(y: Any, n: int, c: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise DtypeError(f"y must hold integer class labels, got dtype {y.dtype}", arg="y")
+    if y.shape != (n,):
+        raise ShapeError(f"y must have shape ({n},) to match scores, got {y.shape}", arg="y")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= c:
+        bad = low if low < 0 else high
+        raise ParameterError(f"y has label {bad} but scores has {c} classes (0..{c - 1})", arg="y")
+    return y
