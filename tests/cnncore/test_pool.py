@@ -1,0 +1,295 @@
+"""Pooling: the tutorial's worked example, fast path against the plain loops, gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
+from cnncore.gradcheck import numerical_gradient, relative_error
+from cnncore.pool import pool2d_backward, pool2d_forward
+from tests.helpers import assert_close
+
+NAIVE = {
+    "max": (reference.max_pool_forward_naive, reference.max_pool_backward_naive),
+    "avg": (reference.avg_pool_forward_naive, reference.avg_pool_backward_naive),
+}
+
+
+def pool_param(kernel: tuple[int, int], stride: Any, **extra: Any) -> dict[str, Any]:
+    return {"pool_height": kernel[0], "pool_width": kernel[1], "stride": stride, **extra}
+
+
+# --------------------------------------------------------------------------- the tutorial
+
+DU = np.array([[1.0, 2.0], [3.0, 4.0]])
+# Window maxima at (0,0), (1,3), (3,1), (2,2): the tutorial's max-pooling result.
+X_TUTORIAL = np.array(
+    [
+        [9.0, 1.0, 0.0, 2.0],
+        [3.0, 2.0, 1.0, 8.0],
+        [0.0, 1.0, 7.0, 3.0],
+        [2.0, 6.0, 5.0, 4.0],
+    ]
+)
+DX_MAX = np.array([[1, 0, 0, 0], [0, 0, 0, 2], [0, 0, 4, 0], [0, 3, 0, 0]], dtype=float)
+DX_AVG = np.array(
+    [
+        [0.25, 0.25, 0.5, 0.5],
+        [0.25, 0.25, 0.5, 0.5],
+        [0.75, 0.75, 1.0, 1.0],
+        [0.75, 0.75, 1.0, 1.0],
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("max", DX_MAX), ("avg", DX_AVG)], ids=["max", "avg"]
+)
+def test_tutorial_example_fast(mode: str, expected: np.ndarray) -> None:
+    _, cache = pool2d_forward(X_TUTORIAL[None, None], kernel_size=2, stride=2, mode=mode)
+    np.testing.assert_array_equal(pool2d_backward(DU[None, None], cache)[0, 0], expected)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("max", DX_MAX), ("avg", DX_AVG)], ids=["max", "avg"]
+)
+def test_tutorial_example_reference(mode: str, expected: np.ndarray) -> None:
+    forward, backward = NAIVE[mode]
+    _, cache = forward(X_TUTORIAL[None, None], pool_param((2, 2), 2))
+    np.testing.assert_array_equal(backward(DU[None, None], cache)[0, 0], expected)
+
+
+# --------------------------------------------------------------------------- reference semantics
+
+
+def test_reference_max_ties_go_to_first_maximum() -> None:
+    x = np.ones((1, 1, 2, 2))
+    _, cache = reference.max_pool_forward_naive(x, pool_param((2, 2), 2))
+    dx = reference.max_pool_backward_naive(np.full((1, 1, 1, 1), 5.0), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[5.0, 0.0], [0.0, 0.0]])
+
+
+def test_reference_max_overlapping_windows_accumulate() -> None:
+    # 3x3 windows, stride 1, over a 4x4 input whose maximum (at (1,1)) lies in all four windows.
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 1] = 10.0
+    _, cache = reference.max_pool_forward_naive(x, pool_param((3, 3), 1))
+    dout = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    dx = reference.max_pool_backward_naive(dout, cache)
+    assert dx[0, 0, 1, 1] == 10.0
+    assert dx.sum() == 10.0
+
+
+def test_reference_avg_overlapping_windows_accumulate() -> None:
+    x = np.zeros((1, 1, 3, 3))
+    _, cache = reference.avg_pool_forward_naive(x, pool_param((2, 2), 1))
+    dx = reference.avg_pool_backward_naive(np.ones((1, 1, 2, 2)), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]])
+
+
+# --------------------------------------------------------------------------- fast vs reference
+
+# (kernel, stride, padding, ceil_mode, count_include_pad, input H, W)
+GRID = [
+    pytest.param((2, 2), None, 0, False, True, 8, 8, id="k2-s2-exact"),
+    pytest.param((2, 2), None, 0, False, True, 7, 9, id="k2-s2-crop"),
+    pytest.param((3, 3), 2, 0, False, True, 9, 8, id="k3-s2-overlap"),
+    pytest.param((3, 3), 1, 1, False, True, 6, 7, id="k3-s1-pad1"),
+    pytest.param((3, 3), 1, 1, False, False, 6, 7, id="k3-s1-pad1-nopadcount"),
+    pytest.param((3, 2), (2, 1), (1, 1), False, True, 7, 6, id="k3x2-s2x1-pad"),
+    pytest.param((2, 3), (1, 2), 0, True, True, 6, 8, id="k2x3-s1x2-ceil"),
+    pytest.param((3, 3), 2, 1, True, True, 8, 8, id="k3-s2-pad1-ceil"),
+    pytest.param((3, 3), 2, 1, True, False, 8, 8, id="k3-s2-pad1-ceil-nopadcount"),
+    pytest.param((4, 4), 3, 2, True, True, 9, 10, id="k4-s3-pad2-ceil"),
+    pytest.param((2, 2), 3, 0, False, True, 8, 8, id="k2-s3-gaps"),
+    pytest.param((1, 1), 1, 0, False, True, 3, 4, id="k1-identity"),
+    pytest.param((5, 5), 1, 2, False, False, 5, 5, id="k5-s1-pad2-same"),
+]
+
+
+def check_against_reference(
+    x: np.ndarray, dout_rng: np.random.Generator, mode: str, *case: Any
+) -> None:
+    kernel, stride, padding, ceil_mode, count_include_pad = case
+    out, cache = pool2d_forward(
+        x,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        mode=mode,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+    param = pool_param(
+        kernel,
+        kernel if stride is None else stride,
+        pad=padding,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+    forward, backward = NAIVE[mode]
+    x64 = x.astype(np.float64)
+    expected, ref_cache = forward(x64, param)
+    dout = dout_rng.standard_normal(out.shape).astype(x.dtype)
+    assert out.dtype == x.dtype
+    assert out.shape == expected.shape
+    assert_close(out, expected)
+    dx = pool2d_backward(dout, cache)
+    assert dx.dtype == x.dtype
+    assert_close(dx, backward(dout.astype(np.float64), ref_cache))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize(("kernel", "stride", "padding", "ceil_mode", "cip", "h", "w"), GRID)
+def test_fast_matches_reference(
+    rng: np.random.Generator, dtype: type, mode: str, kernel: Any, stride: Any,
+    padding: Any, ceil_mode: bool, cip: bool, h: int, w: int,
+) -> None:  # fmt: skip
+    x = rng.standard_normal((2, 3, h, w)).astype(dtype)
+    check_against_reference(x, rng, mode, kernel, stride, padding, ceil_mode, cip)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "ceil_mode", "cip", "h", "w"), GRID)
+def test_fast_matches_reference_with_many_ties(
+    rng: np.random.Generator, kernel: Any, stride: Any,
+    padding: Any, ceil_mode: bool, cip: bool, h: int, w: int,
+) -> None:  # fmt: skip
+    x = rng.integers(0, 3, size=(2, 3, h, w))  # integers: converted to float64, many ties
+    check_against_reference(
+        x.astype(np.float64), rng, "max", kernel, stride, padding, ceil_mode, cip
+    )
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(2, 2), (3, 1), ((2, 3), (1, 2))], ids=str)
+def test_all_equal_windows_send_gradient_to_first_cell(kernel: Any, stride: Any) -> None:
+    x = np.full((1, 2, 6, 6), 7.0)
+    out, cache = pool2d_forward(x, kernel_size=kernel, stride=stride)
+    dout = np.ones_like(out)
+    expected = reference.max_pool_backward_naive(
+        dout, reference.max_pool_forward_naive(x, pool_param(np.broadcast_to(kernel, 2), stride))[1]
+    )
+    dx = pool2d_backward(dout, cache)
+    np.testing.assert_array_equal(dx, expected)
+    assert dx.sum() == out.size  # each window's gradient lands once, not once per tie
+
+
+def test_integer_input_becomes_float64() -> None:
+    out, cache = pool2d_forward(np.arange(16).reshape(1, 1, 4, 4), kernel_size=2)
+    np.testing.assert_array_equal(out[0, 0], [[5, 7], [13, 15]])
+    assert out.dtype == np.float64
+    assert pool2d_backward(np.ones((1, 1, 2, 2), dtype=np.float32), cache).dtype == np.float64
+
+
+# --------------------------------------------------------------------------- gradients
+
+GRAD_TOL = 1e-5  # float64 central differences with h = 1e-6; elements near 0 lose digits
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "ceil_mode", "cip"),
+    [
+        pytest.param(2, None, 0, False, True, id="k2-s2"),
+        pytest.param(3, 2, 1, True, False, id="k3-s2-pad1-ceil"),
+        pytest.param((3, 2), 1, (1, 0), False, True, id="k3x2-s1-overlap"),
+    ],
+)
+def test_gradient_matches_central_differences(
+    rng: np.random.Generator, mode: str, kernel: Any, stride: Any,
+    padding: Any, ceil_mode: bool, cip: bool,
+) -> None:  # fmt: skip
+    # A permutation of distinct, well separated values: no ties, so max is differentiable.
+    x = rng.permutation(2 * 2 * 5 * 6).reshape(2, 2, 5, 6).astype(np.float64) / 10
+    kwargs = dict(
+        kernel_size=kernel, stride=stride, padding=padding, mode=mode,
+        ceil_mode=ceil_mode, count_include_pad=cip,
+    )  # fmt: skip
+    out, cache = pool2d_forward(x, **kwargs)
+    dout = rng.standard_normal(out.shape)
+    numeric = numerical_gradient(lambda: pool2d_forward(x, **kwargs)[0], x, dout)
+    assert relative_error(pool2d_backward(dout, cache), numeric) < GRAD_TOL
+
+
+# --------------------------------------------------------------------------- torch
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize(("kernel", "stride", "padding", "ceil_mode", "cip", "h", "w"), GRID)
+def test_matches_torch(
+    rng: np.random.Generator, mode: str, kernel: Any, stride: Any,
+    padding: Any, ceil_mode: bool, cip: bool, h: int, w: int,
+) -> None:  # fmt: skip
+    torch = pytest.importorskip("torch")
+    fn = torch.nn.functional
+    x = rng.integers(0, 4, size=(2, 3, h, w)).astype(np.float64)  # ties included
+    out, cache = pool2d_forward(
+        x, kernel_size=kernel, stride=stride, padding=padding, mode=mode,
+        ceil_mode=ceil_mode, count_include_pad=cip,
+    )  # fmt: skip
+    dout = rng.standard_normal(out.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    if mode == "max":
+        ot = fn.max_pool2d(xt, kernel, stride, padding, ceil_mode=ceil_mode)
+    else:
+        ot = fn.avg_pool2d(xt, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=cip)
+    ot.backward(torch.tensor(dout))
+    assert_close(out, ot.detach().numpy())
+    assert_close(pool2d_backward(dout, cache), xt.grad.numpy())
+
+
+# --------------------------------------------------------------------------- errors
+
+
+X4 = (1, 1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kwargs", "error", "arg"),
+    [
+        pytest.param((3, 4, 4), {"kernel_size": 2}, ShapeError, "x", id="3d-input"),
+        pytest.param((1, 1, 0, 4), {"kernel_size": 2}, ShapeError, "x", id="empty-dim"),
+        pytest.param((1, 1, 2, 2), {"kernel_size": 3}, ShapeError, "x", id="kernel-over-input"),
+        pytest.param(X4, {"kernel_size": 0}, ParameterError, "kernel_size", id="zero-kernel"),
+        pytest.param(X4, {"kernel_size": True}, ParameterError, "kernel_size", id="bool-kernel"),
+        pytest.param(
+            X4, {"kernel_size": 2, "stride": 1.5}, ParameterError, "stride", id="float-stride"
+        ),
+        pytest.param(
+            X4, {"kernel_size": 2, "stride": 0}, ParameterError, "stride", id="zero-stride"
+        ),
+        pytest.param(
+            X4, {"kernel_size": 2, "padding": 2}, ParameterError, "padding", id="pad-over-half"
+        ),
+        pytest.param(
+            X4, {"kernel_size": 2, "padding": -1}, ParameterError, "padding", id="negative-pad"
+        ),
+        pytest.param(X4, {"kernel_size": 2, "mode": "min"}, ParameterError, "mode", id="bad-mode"),
+        pytest.param(
+            X4, {"kernel_size": 2, "ceil_mode": 1}, ParameterError, "ceil_mode", id="int-flag"
+        ),
+    ],
+)
+def test_rejected_arguments(
+    x_shape: tuple[int, ...], kwargs: dict[str, Any], error: type, arg: str
+) -> None:
+    with pytest.raises(error) as info:
+        pool2d_forward(np.zeros(x_shape), **kwargs)
+    assert info.value.arg == arg
+
+
+def test_rejects_complex_input() -> None:
+    with pytest.raises(DtypeError) as info:
+        pool2d_forward(np.zeros((1, 1, 4, 4), dtype=complex), kernel_size=2)
+    assert info.value.arg == "x"
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_backward_rejects_wrong_dout_shape(mode: str) -> None:
+    _, cache = pool2d_forward(np.zeros((1, 1, 4, 4)), kernel_size=2, mode=mode)
+    with pytest.raises(CnnError) as info:
+        pool2d_backward(np.zeros((1, 1, 4, 4)), cache)
+    assert info.value.arg == "dout"
