@@ -1,0 +1,101 @@
+"""The plain-loop oracles themselves: the tutorial's formulas and central differences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnncore import reference
+from cnncore.gradcheck import numerical_gradient, relative_error
+
+GRAD_TOL = 1e-6
+
+
+def test_conv_matches_tutorial_worked_example(rng: np.random.Generator) -> None:
+    # u_ij = sum_p sum_q x_{i+p-1, j+q-1} w_pq + b, for a 3x3 input and a 2x2 kernel.
+    x = rng.standard_normal((3, 3))
+    w = rng.standard_normal((2, 2))
+    b = 0.5
+    out, _ = reference.conv_forward_naive(
+        x[None, None], w[None, None], np.array([b]), {"stride": 1, "pad": 0}
+    )
+    expected = np.array(
+        [[np.sum(x[i : i + 2, j : j + 2] * w) + b for j in range(2)] for i in range(2)]
+    )
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "conv_param",
+    [
+        pytest.param({"stride": 1, "pad": 0}, id="seed-defaults"),
+        pytest.param({"stride": 2, "pad": 1}, id="stride2-pad1"),
+        pytest.param({"stride": 1, "pad": (0, 1, 2, 1), "dilation": 2}, id="asym-pad-dilation"),
+        pytest.param({"stride": (2, 1), "pad": 1, "groups": 2}, id="groups"),
+    ],
+)
+def test_conv_gradients_match_central_differences(
+    rng: np.random.Generator, conv_param: dict[str, Any]
+) -> None:
+    groups = conv_param.get("groups", 1)
+    x = rng.standard_normal((2, 4, 5, 6))
+    w = rng.standard_normal((4, 4 // groups, 3, 2))
+    b = rng.standard_normal(4)
+    out, cache = reference.conv_forward_naive(x, w, b, conv_param)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = reference.conv_backward_naive(dout, cache)
+
+    def f() -> np.ndarray:
+        return reference.conv_forward_naive(x, w, b, conv_param)[0]
+
+    assert relative_error(dx, numerical_gradient(f, x, dout)) < GRAD_TOL
+    assert relative_error(dw, numerical_gradient(f, w, dout)) < GRAD_TOL
+    assert db is not None
+    assert relative_error(db, numerical_gradient(f, b, dout)) < GRAD_TOL
+
+
+def test_conv_groups_equal_separate_convolutions(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((2, 4, 5, 5))
+    w = rng.standard_normal((6, 2, 3, 3))
+    param = {"stride": 1, "pad": 1}
+    out, _ = reference.conv_forward_naive(x, w, None, {**param, "groups": 2})
+    first, _ = reference.conv_forward_naive(x[:, :2], w[:3], None, param)
+    second, _ = reference.conv_forward_naive(x[:, 2:], w[3:], None, param)
+    np.testing.assert_allclose(out, np.concatenate([first, second], axis=1), rtol=1e-12)
+
+
+def test_conv_without_bias_gives_db_none(rng: np.random.Generator) -> None:
+    x, w = rng.standard_normal((1, 1, 3, 3)), rng.standard_normal((1, 1, 2, 2))
+    out, cache = reference.conv_forward_naive(x, w, None, {"stride": 1, "pad": 0})
+    assert reference.conv_backward_naive(np.ones_like(out), cache)[2] is None
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({}, id="seed-keys"),
+        pytest.param({"pad": 1, "ceil_mode": True}, id="pad-ceil"),
+        pytest.param({"pad": 1, "count_include_pad": False}, id="pad-nopadcount"),
+    ],
+)
+def test_pool_gradients_match_central_differences(
+    rng: np.random.Generator, kind: str, extra: dict[str, Any]
+) -> None:
+    forward = getattr(reference, f"{kind}_pool_forward_naive")
+    backward = getattr(reference, f"{kind}_pool_backward_naive")
+    x = rng.permutation(2 * 2 * 6 * 7).reshape(2, 2, 6, 7) / 10.0  # no ties
+    param = {"pool_height": 3, "pool_width": 2, "stride": 2, **extra}
+    out, cache = forward(x, param)
+    dout = rng.standard_normal(out.shape)
+    numeric = numerical_gradient(lambda: forward(x, param)[0], x, dout)
+    assert relative_error(backward(dout, cache), numeric) < 1e-5
+
+
+def test_pool_output_size_uses_floor_division() -> None:
+    out, _ = reference.max_pool_forward_naive(
+        np.zeros((1, 1, 7, 6)), {"pool_height": 2, "pool_width": 2, "stride": 2}
+    )
+    assert out.shape == (1, 1, 3, 3)
