@@ -21,6 +21,8 @@ from starlette.responses import Response
 
 from cnncore import CnnError
 
+from . import metrics
+
 log = logging.getLogger("service")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -169,11 +171,18 @@ def _validation_problem(exc: RequestValidationError) -> Response:
         first = next(e for e in errors if e.get("type") in ("json_invalid", "json_type"))
         msg = str(first.get("ctx", {}).get("error", first.get("msg", "invalid JSON")))
         return problem_response(400, f"The request body is not valid JSON: {msg}", [([], msg)])
+    if any(e.get("type") == "missing" and tuple(e["loc"]) == ("body",) for e in errors):
+        msg = "the request body is empty; expected a JSON object"
+        return problem_response(400, msg, [([], msg)])
     too_large = [e for e in errors if e.get("type") == "too_large"]
     if too_large:
+        metrics.REJECTED.labels(limit="elements").inc()
         items = [(_pydantic_loc(e["loc"]), str(e["msg"])) for e in too_large]
         return problem_response(413, items[0][1], items)
     items = _merge([(_pydantic_loc(e["loc"]), _message(e)) for e in errors])
+    if len(items) == 1:
+        loc, msg = items[0]
+        return problem_response(422, f"{_loc_text(loc) or 'body'}: {msg}", items)
     where = ", ".join(_loc_text(loc) or "body" for loc, _ in items[:5])
     return problem_response(422, f"Invalid request: {where}", items)
 

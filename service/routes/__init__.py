@@ -1,5 +1,14 @@
 """One APIRouter per resource."""
 
-from . import conv
+from . import conv, docs, health, info, linear, pool, prometheus, shapes
 
-ALL_ROUTERS = [conv.router]
+ALL_ROUTERS = [
+    health.router,
+    info.router,
+    prometheus.router,
+    docs.router,
+    conv.router,
+    pool.router,
+    linear.router,
+    shapes.router,
+]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
 from fastapi import Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from starlette.responses import Response
 
 import cnncore
@@ -13,34 +13,19 @@ import cnncore
 from ..compute import check_budget, run
 from ..problems import problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
-from ..schemas import ConvPadding, IntOrPair, StrictModel, TensorRequest
+from ..schemas import Conv2dParams, TensorRequest
 from ..tensors import Tensor
 from .common import BackwardResponse, ForwardResponse, encode, meta
 
 router = make_router(prefix="/v1/conv2d", tags=["conv2d"])
 
-EXAMPLE = {
+EXAMPLE: dict[str, Any] = {
     "x": [[[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]],
     "w": [[[[1, 0], [0, -1]]]],
     "b": [0.5],
     "stride": 1,
     "padding": 0,
 }
-
-
-class Conv2dParams(StrictModel):
-    """Convolution hyper-parameters (PyTorch's ``F.conv2d`` semantics)."""
-
-    stride: IntOrPair = Field(1, description="Step between windows: int or [sh, sw].")
-    padding: ConvPadding = Field(
-        0,
-        description="Zero padding: int, [ph, pw], [top, bottom, left, right], 'same' "
-        "(stride 1 only; the extra pixel goes bottom/right) or 'valid'.",
-    )
-    dilation: IntOrPair = Field(1, description="Spacing between kernel taps: int or [dh, dw].")
-    groups: Annotated[int, Field(strict=True, ge=1, le=65536)] = Field(
-        1, description="Channel groups; C and F must both be divisible by it."
-    )
 
 
 class Conv2dForwardRequest(TensorRequest, Conv2dParams):
@@ -50,7 +35,7 @@ class Conv2dForwardRequest(TensorRequest, Conv2dParams):
     w: Tensor = Field(description="Weights, shape (F, C // groups, KH, KW).")
     b: Tensor | None = Field(None, description="Bias, shape (F,), or null.")
 
-    model_config = {"json_schema_extra": {"examples": [EXAMPLE]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
 
 
 class Conv2dBackwardRequest(Conv2dForwardRequest):
@@ -58,7 +43,9 @@ class Conv2dBackwardRequest(Conv2dForwardRequest):
 
     dout: Tensor = Field(description="Upstream gradient, shape (N, F, H', W').")
 
-    model_config = {"json_schema_extra": {"examples": [{**EXAMPLE, "dout": [[[[1, 2], [3, 4]]]]}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**EXAMPLE, "dout": [[[[1, 2], [3, 4]]]]}]}
+    )
 
 
 def _geometry(req: Conv2dForwardRequest) -> cnncore.geometry.Conv2dGeometry:
@@ -116,7 +103,7 @@ def _conv_backward(req: Conv2dBackwardRequest) -> tuple:
         dilation=req.dilation,
         groups=req.groups,
     )
-    return cnncore.conv2d_backward(req.dout, cache) + (out,)
+    return (*cnncore.conv2d_backward(req.dout, cache), out)
 
 
 @router.post(

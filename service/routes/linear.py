@@ -1,0 +1,99 @@
+"""POST /v1/linear/forward and /v1/linear/backward."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import Request
+from pydantic import ConfigDict, Field
+from starlette.responses import Response
+
+import cnncore
+
+from ..compute import check_budget, run
+from ..problems import problem_responses
+from ..routing import JSONResponse, make_router, settings_of, slots_of
+from ..schemas import TensorRequest
+from ..tensors import Tensor
+from .common import BackwardResponse, ForwardResponse, encode, meta
+
+router = make_router(prefix="/v1/linear", tags=["linear"])
+
+EXAMPLE: dict[str, Any] = {
+    "x": [[1, 2, 3], [4, 5, 6]],
+    "w": [[1, 0], [0, 1], [1, -1]],
+    "b": [0.5, -0.5],
+}
+
+
+class LinearForwardRequest(TensorRequest):
+    """Inputs of a fully connected layer."""
+
+    x: Tensor = Field(description="Input, shape (N, D1, ..., Dk), used as (N, D).")
+    w: Tensor = Field(description="Weights, shape (D, M) with D = D1*...*Dk.")
+    b: Tensor | None = Field(None, description="Bias, shape (M,), or null.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
+
+
+class LinearBackwardRequest(LinearForwardRequest):
+    """Inputs of a fully connected layer plus the upstream gradient."""
+
+    dout: Tensor = Field(description="Upstream gradient, shape (N, M).")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**EXAMPLE, "dout": [[1, 0], [0, 1]], "dtype": "float32"}]}
+    )
+
+
+def _info(req: LinearForwardRequest) -> cnncore.LayerInfo:
+    return cnncore.linear_info(req.x.shape, req.w.shape, bias=req.b is not None)
+
+
+def _work_bytes(info: cnncore.LayerInfo, itemsize: int, passes: int) -> int:
+    """Inputs, weights and output, per pass."""
+    x, out = math.prod(info.input_shape), math.prod(info.output_shape)
+    return (x + info.param_count + out) * itemsize * passes
+
+
+@router.post(
+    "/forward",
+    response_model=ForwardResponse,
+    responses=problem_responses(400, 413, 422, 503),
+    summary="Fully connected forward",
+)
+def linear_forward(req: LinearForwardRequest, request: Request) -> Response:
+    """``out = x.reshape(N, D) @ w + b``."""
+    info = _info(req)
+    check_budget(settings_of(request), info.flops, _work_bytes(info, req.x.itemsize, 1))
+    (out, _), ms = run(slots_of(request), cnncore.linear_forward, req.x, req.w, req.b)
+    return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(info, out, ms)})
+
+
+def _linear_backward(req: LinearBackwardRequest) -> tuple:
+    out, cache = cnncore.linear_forward(req.x, req.w, req.b)
+    return (*cnncore.linear_backward(req.dout, cache), out)
+
+
+@router.post(
+    "/backward",
+    response_model=BackwardResponse,
+    responses=problem_responses(400, 413, 422, 503),
+    summary="Fully connected backward",
+)
+def linear_backward(req: LinearBackwardRequest, request: Request) -> Response:
+    """Gradients with respect to ``x`` (in ``x``'s original shape), ``w`` and ``b``."""
+    info = _info(req)
+    flops = 3 * info.flops  # forward (for the cache), dx and dw
+    check_budget(settings_of(request), flops, _work_bytes(info, req.x.itemsize, 3))
+    (dx, dw, db, out), ms = run(slots_of(request), _linear_backward, req)
+    enc = req.encoding
+    return JSONResponse(
+        {
+            "dx": encode(dx, enc, "dx"),
+            "dw": encode(dw, enc, "dw"),
+            "db": None if db is None else encode(db, enc, "db"),
+            "meta": meta(info, out, ms, flops=flops),
+        }
+    )
