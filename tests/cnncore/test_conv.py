@@ -1,0 +1,475 @@
+"""Convolution: the tutorial's worked example, fast path against the plain loops, gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
+from cnncore.conv import conv2d_backward, conv2d_forward
+from cnncore.gradcheck import numerical_gradient, relative_error
+from tests.helpers import assert_close
+
+# --------------------------------------------------------------------------- the tutorial
+
+# The tutorial's example: a 3×3 input X, a 2×2 kernel W, a bias b, a 2×2 output U.
+X = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+W = np.array([[1.0, 2.0], [3.0, 4.0]])
+B = 1.0
+# u11 = x11 w11 + x12 w12 + x21 w21 + x22 w22 + b = 1 + 4 + 12 + 20 + 1, and so on.
+U = np.array([[38.0, 48.0], [68.0, 78.0]])
+DU = np.array([[1.0, 0.0], [2.0, -1.0]])
+# dL/dw_pq = sum_ij dU_ij x_{i+p-1, j+q-1}: e.g. dw11 = 1*1 + 0*2 + 2*4 - 1*5 = 4.
+DW = np.array([[4.0, 6.0], [10.0, 12.0]])
+# dL/dX = sum_ij dU_ij * (W placed at (i, j)): 1*W at the top left, 2*W one row down,
+# -1*W one row down and one column right.
+DX = np.array([[1.0, 2.0, 0.0], [5.0, 7.0, -2.0], [6.0, 5.0, -4.0]])
+DB = 2.0
+
+
+def tutorial_forward() -> tuple[np.ndarray, Any]:
+    return conv2d_forward(X[None, None], W[None, None], np.array([B]))
+
+
+def test_tutorial_output_is_the_four_sums() -> None:
+    out, _ = tutorial_forward()
+    np.testing.assert_array_equal(out[0, 0], U)
+
+
+def test_tutorial_gradients() -> None:
+    _, cache = tutorial_forward()
+    dx, dw, db = conv2d_backward(DU[None, None], cache)
+    np.testing.assert_array_equal(dx[0, 0], DX)
+    np.testing.assert_array_equal(dw[0, 0], DW)
+    np.testing.assert_array_equal(db, [DB])
+
+
+def test_tutorial_dw_is_x_correlated_with_du() -> None:
+    dw_as_conv, _ = conv2d_forward(X[None, None], DU[None, None])
+    np.testing.assert_array_equal(dw_as_conv[0, 0], DW)
+
+
+def test_tutorial_dx_is_padded_du_correlated_with_rotated_kernel() -> None:
+    rotated = W[::-1, ::-1]  # [[w22, w21], [w12, w11]]
+    dx_as_conv, _ = conv2d_forward(DU[None, None], rotated[None, None], padding=1)
+    np.testing.assert_array_equal(dx_as_conv[0, 0], DX)
+
+
+def test_tutorial_db_is_sum_of_du() -> None:
+    assert DU.sum() == DB
+
+
+def test_reference_matches_tutorial() -> None:
+    out, cache = reference.conv_forward_naive(
+        X[None, None], W[None, None], np.array([B]), {"stride": 1, "pad": 0}
+    )
+    dx, dw, db = reference.conv_backward_naive(DU[None, None], cache)
+    np.testing.assert_array_equal(out[0, 0], U)
+    np.testing.assert_array_equal(dx[0, 0], DX)
+    np.testing.assert_array_equal(dw[0, 0], DW)
+    np.testing.assert_array_equal(db, [DB])
+
+
+# --------------------------------------------------------------------------- fast vs reference
+
+# (x shape, w shape, keyword arguments); w is (F, C // groups, KH, KW).
+GRID = [
+    pytest.param((2, 3, 7, 7), (4, 3, 3, 3), {}, id="plain"),
+    pytest.param((2, 3, 8, 9), (4, 3, 3, 3), {"stride": 2}, id="stride2"),
+    pytest.param((2, 3, 10, 11), (4, 3, 3, 2), {"stride": 3, "padding": 1}, id="stride3-pad1"),
+    pytest.param((2, 3, 7, 9), (4, 3, 3, 3), {"stride": (1, 2)}, id="stride(1,2)"),
+    pytest.param((2, 3, 9, 7), (4, 3, 3, 3), {"stride": (2, 1)}, id="stride(2,1)"),
+    pytest.param((2, 3, 6, 7), (4, 3, 3, 3), {"padding": 2}, id="pad-int"),
+    pytest.param((2, 3, 6, 7), (4, 3, 3, 3), {"padding": (2, 0)}, id="pad-pair"),
+    pytest.param((2, 3, 6, 7), (4, 3, 3, 3), {"padding": (0, 2, 1, 3)}, id="pad-4tuple"),
+    pytest.param(
+        (2, 3, 8, 8), (4, 3, 3, 3), {"stride": 2, "padding": (1, 0, 0, 2)}, id="pad-4tuple-stride2"
+    ),
+    pytest.param((2, 3, 6, 7), (4, 3, 3, 5), {"padding": "same"}, id="same-odd"),
+    pytest.param((2, 3, 6, 7), (4, 3, 2, 4), {"padding": "same"}, id="same-even"),
+    pytest.param(
+        (2, 3, 7, 8), (4, 3, 2, 3), {"padding": "same", "dilation": 2}, id="same-even-dilated"
+    ),
+    pytest.param((2, 3, 6, 7), (4, 3, 3, 3), {"padding": "valid"}, id="valid"),
+    pytest.param((2, 3, 9, 9), (4, 3, 3, 3), {"dilation": 2}, id="dilation2"),
+    pytest.param(
+        (2, 3, 9, 10),
+        (4, 3, 2, 3),
+        {"dilation": (2, 3), "stride": 2, "padding": 1},
+        id="dil-stride",
+    ),
+    pytest.param((2, 4, 6, 6), (6, 2, 3, 3), {"groups": 2, "padding": 1}, id="groups2"),
+    pytest.param((2, 4, 7, 6), (4, 1, 3, 3), {"groups": 4, "stride": 2}, id="depthwise"),
+    pytest.param((2, 4, 6, 6), (8, 1, 3, 3), {"groups": 4, "padding": "same"}, id="depthwise-x2"),
+    pytest.param((2, 3, 8, 9), (4, 3, 3, 4), {"stride": 3}, id="not-divisible"),
+    pytest.param((1, 1, 5, 5), (2, 1, 5, 5), {}, id="kernel-fills-input"),
+    pytest.param((3, 2, 5, 4), (5, 2, 1, 1), {}, id="1x1"),
+]
+
+
+def conv_param(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stride": kwargs.get("stride", 1),
+        "pad": kwargs.get("padding", 0),
+        "dilation": kwargs.get("dilation", 1),
+        "groups": kwargs.get("groups", 1),
+    }
+
+
+def check_against_reference(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, kwargs: dict[str, Any], rng: Any
+) -> None:
+    out, cache = conv2d_forward(x, w, b, **kwargs)
+    ref_out, ref_cache = reference.conv_forward_naive(x, w, b, conv_param(kwargs))
+    assert out.shape == ref_out.shape
+    assert_close(out, ref_out)
+    dout = rng.standard_normal(out.shape).astype(out.dtype)
+    dx, dw, db = conv2d_backward(dout, cache)
+    ref_dx, ref_dw, ref_db = reference.conv_backward_naive(dout, ref_cache)
+    assert (dx.shape, dw.shape) == (x.shape, w.shape)
+    assert dx.dtype == dw.dtype == out.dtype
+    assert_close(dx, ref_dx)
+    assert_close(dw, ref_dw)
+    if b is None:
+        assert db is None
+    else:
+        assert db is not None
+        assert ref_db is not None
+        assert db.dtype == out.dtype
+        assert_close(db, ref_db)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), GRID)
+def test_matches_reference(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    dtype: Any,
+    rng: np.random.Generator,
+) -> None:
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    out, _ = conv2d_forward(x, w, b, **kwargs)
+    assert out.dtype == dtype
+    check_against_reference(x, w, b, kwargs, rng)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), GRID[:3] + GRID[15:17])
+def test_matches_reference_without_bias(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    rng: np.random.Generator,
+) -> None:
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    check_against_reference(x, w, None, kwargs, rng)
+
+
+def test_integer_input_becomes_float64(rng: np.random.Generator) -> None:
+    x = rng.integers(-5, 5, size=(2, 3, 6, 6))
+    w = rng.integers(-3, 3, size=(4, 3, 3, 3))
+    b = np.array([1, 0, -1, 2])
+    out, _ = conv2d_forward(x, w, b, padding=1)
+    assert out.dtype == np.float64
+    check_against_reference(
+        x.astype(np.float64), w.astype(np.float64), b * 1.0, {"padding": 1}, rng
+    )
+    np.testing.assert_array_equal(out, conv2d_forward(x * 1.0, w * 1.0, b * 1.0, padding=1)[0])
+
+
+def test_bool_input_becomes_float64() -> None:
+    out, _ = conv2d_forward(np.ones((1, 1, 3, 3), dtype=bool), np.ones((1, 1, 2, 2), dtype=bool))
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), 4.0))
+
+
+@pytest.mark.parametrize(
+    ("x_dtype", "w_dtype", "b_dtype"),
+    [
+        (np.float32, np.float64, np.float32),
+        (np.float64, np.float32, np.float32),
+        (np.float32, np.float32, np.float64),
+    ],
+    ids=["w64", "x64", "b64"],
+)
+def test_mixed_float_dtypes_compute_in_float64(
+    x_dtype: Any, w_dtype: Any, b_dtype: Any, rng: np.random.Generator
+) -> None:
+    x = rng.standard_normal((1, 2, 4, 4)).astype(x_dtype)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(w_dtype)
+    b: np.ndarray = rng.standard_normal(3).astype(b_dtype)
+    out, cache = conv2d_forward(x, w, b)
+    dx, dw, db = conv2d_backward(np.ones(out.shape, dtype=np.float32), cache)
+    assert out.dtype == dx.dtype == dw.dtype == np.float64
+    assert db is not None
+    assert db.dtype == np.float64
+
+
+def test_float32_dout_casts_to_forward_dtype(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    out, cache = conv2d_forward(x, w)
+    dx, dw, db = conv2d_backward(np.ones(out.shape), cache)  # float64 dout
+    assert dx.dtype == dw.dtype == np.float32
+    assert db is None
+
+
+def test_unused_trailing_input_gets_zero_gradient(rng: np.random.Generator) -> None:
+    # 8 = 3 + 2*2 + 1: with stride 2 and a 3-wide kernel, the last row and column are unused.
+    x = rng.standard_normal((1, 1, 8, 8))
+    out, cache = conv2d_forward(x, rng.standard_normal((1, 1, 3, 3)), stride=2)
+    assert out.shape == (1, 1, 3, 3)
+    dx, _, _ = conv2d_backward(np.ones(out.shape), cache)
+    np.testing.assert_array_equal(dx[0, 0, -1, :], 0.0)
+    np.testing.assert_array_equal(dx[0, 0, :, -1], 0.0)
+
+
+def test_inputs_are_not_modified(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((2, 3, 5, 5))
+    w = rng.standard_normal((2, 3, 3, 3))
+    x0, w0 = x.copy(), w.copy()
+    out, cache = conv2d_forward(x, w, padding=1)
+    dout = np.ones(out.shape)
+    conv2d_backward(dout, cache)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(dout, 1.0)
+
+
+# --------------------------------------------------------------------------- central differences
+
+GRADCHECK = [
+    pytest.param((2, 2, 5, 5), (3, 2, 3, 3), {}, id="plain"),
+    pytest.param((2, 2, 6, 7), (3, 2, 3, 2), {"stride": 2, "padding": 1}, id="stride2-pad1"),
+    pytest.param((1, 2, 5, 6), (2, 2, 2, 2), {"padding": "same"}, id="same-even"),
+    pytest.param((1, 2, 6, 5), (2, 2, 3, 3), {"padding": (1, 0, 2, 0)}, id="pad-4tuple"),
+    pytest.param((1, 4, 7, 7), (4, 2, 2, 3), {"dilation": 2, "groups": 2}, id="dilation-groups"),
+]
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), GRADCHECK)
+def test_gradients_match_central_differences(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    with_bias: bool,
+    rng: np.random.Generator,
+) -> None:
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if with_bias else None
+    out, cache = conv2d_forward(x, w, b, **kwargs)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = conv2d_backward(dout, cache)
+
+    def f() -> np.ndarray:
+        return conv2d_forward(x, w, b, **kwargs)[0]
+
+    assert relative_error(dx, numerical_gradient(f, x, dout)) < 1e-7
+    assert relative_error(dw, numerical_gradient(f, w, dout)) < 1e-7
+    if b is None:
+        assert db is None
+    else:
+        assert db is not None
+        assert relative_error(db, numerical_gradient(f, b, dout)) < 1e-7
+
+
+# --------------------------------------------------------------------------- rejected arguments
+
+X4 = np.zeros((1, 3, 5, 5))
+W4 = np.zeros((4, 3, 3, 3))
+
+REJECTED = [
+    pytest.param(
+        {"x": np.zeros((3, 5, 5))},
+        ShapeError,
+        "x",
+        r"x must be 4-D, got shape \(3, 5, 5\)",
+        id="x-3d",
+    ),
+    pytest.param(
+        {"w": np.zeros((4, 3, 3))},
+        ShapeError,
+        "w",
+        r"w must be 4-D, got shape \(4, 3, 3\)",
+        id="w-3d",
+    ),
+    pytest.param(
+        {"w": np.zeros((4, 2, 3, 3))},
+        ShapeError,
+        "w",
+        r"w has 2 input channels but x has 3 \(groups=1",
+        id="channel-mismatch",
+    ),
+    pytest.param(
+        {"w": np.zeros((3, 3, 3, 3)), "groups": 3},
+        ShapeError,
+        "w",
+        r"w has 3 input channels but x has 3 \(groups=3, so w needs 1\)",
+        id="channel-mismatch-groups",
+    ),
+    pytest.param(
+        {"groups": 3, "w": np.zeros((4, 1, 3, 3))},
+        ShapeError,
+        "w",
+        r"w has 4 filters, which groups=3 does not divide",
+        id="groups-not-dividing-filters",
+    ),
+    pytest.param(
+        {"w": np.zeros((4, 1, 3, 3)), "groups": 2},
+        ShapeError,
+        "x",
+        r"x has 3 channels, which groups=2 does not divide",
+        id="groups-not-dividing-channels",
+    ),
+    pytest.param(
+        {"b": np.zeros(3)},
+        ShapeError,
+        "b",
+        r"b must have shape \(4,\), got \(3,\)",
+        id="bias-length",
+    ),
+    pytest.param(
+        {"b": np.zeros((4, 1))}, ShapeError, "b", r"b must have shape \(4,\)", id="bias-2d"
+    ),
+    pytest.param(
+        {"x": np.zeros((1, 3, 2, 5))},
+        ShapeError,
+        "x",
+        r"output height would be 0.*height 2",
+        id="non-positive-output",
+    ),
+    pytest.param(
+        {"dilation": 3}, ShapeError, "x", r"output height would be -1", id="dilation-too-large"
+    ),
+    pytest.param(
+        {"padding": "same", "stride": 2},
+        ParameterError,
+        "padding",
+        r"padding='same' needs stride 1, got stride \(2, 2\)",
+        id="same-with-stride2",
+    ),
+    pytest.param({"padding": "full"}, ParameterError, "padding", r"'full'", id="padding-unknown"),
+    pytest.param(
+        {"padding": -1}, ParameterError, "padding", r">= 0, got -1", id="padding-negative"
+    ),
+    pytest.param(
+        {"padding": (1, 2, 3)}, ParameterError, "padding", r"got 3 values", id="padding-3tuple"
+    ),
+    pytest.param({"stride": True}, ParameterError, "stride", r"True", id="stride-bool"),
+    pytest.param({"stride": 1.5}, ParameterError, "stride", r"1\.5", id="stride-float"),
+    pytest.param(
+        {"stride": 0}, ParameterError, "stride", r"stride must be >= 1, got 0", id="stride-0"
+    ),
+    pytest.param(
+        {"stride": (1, 0)},
+        ParameterError,
+        "stride",
+        r"stride\[1\] must be >= 1, got 0",
+        id="stride-pair-0",
+    ),
+    pytest.param({"dilation": 0}, ParameterError, "dilation", r">= 1, got 0", id="dilation-0"),
+    pytest.param({"groups": 0}, ParameterError, "groups", r">= 1, got 0", id="groups-0"),
+    pytest.param(
+        {"x": np.zeros((1, 3, 5, 5), dtype=complex)},
+        DtypeError,
+        "x",
+        r"x must be float32 or float64.*complex128",
+        id="x-complex",
+    ),
+    pytest.param(
+        {"w": np.zeros((4, 3, 3, 3), dtype=np.float16)},
+        DtypeError,
+        "w",
+        r"got dtype float16",
+        id="w-float16",
+    ),
+    pytest.param({"b": np.zeros(4, dtype=complex)}, DtypeError, "b", r"complex128", id="b-complex"),
+]
+
+
+@pytest.mark.parametrize(("changes", "error", "arg", "message"), REJECTED)
+def test_rejected_arguments(
+    changes: dict[str, Any], error: type[CnnError], arg: str, message: str
+) -> None:
+    kwargs: dict[str, Any] = {"x": X4, "w": W4, "b": None, **changes}
+    with pytest.raises(error, match=message) as info:
+        conv2d_forward(**kwargs)
+    assert info.value.arg == arg
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("dout", "error", "message"),
+    [
+        pytest.param(
+            np.zeros((1, 4, 3, 4)),
+            ShapeError,
+            r"dout has shape \(1, 4, 3, 4\) but the forward output has shape \(1, 4, 3, 3\)",
+            id="dout-shape",
+        ),
+        pytest.param(np.zeros((4, 3, 3)), ShapeError, r"\(4, 3, 3\)", id="dout-3d"),
+        pytest.param(
+            np.zeros((1, 4, 3, 3), dtype=complex), DtypeError, "complex", id="dout-complex"
+        ),
+    ],
+)
+def test_rejected_dout(dout: np.ndarray, error: type[CnnError], message: str) -> None:
+    _, cache = conv2d_forward(X4, W4)
+    with pytest.raises(error, match=message) as info:
+        conv2d_backward(dout, cache)
+    assert info.value.arg == "dout"
+
+
+# --------------------------------------------------------------------------- PyTorch, if installed
+
+TORCH_CASES = [
+    pytest.param((2, 3, 9, 8), (4, 3, 3, 3), {"stride": 2, "padding": 1}, id="stride2-pad1"),
+    pytest.param((2, 4, 8, 8), (6, 2, 3, 2), {"dilation": (2, 1), "groups": 2}, id="dil-groups"),
+    pytest.param((2, 4, 7, 7), (4, 1, 3, 3), {"groups": 4, "padding": "same"}, id="depthwise-same"),
+    pytest.param((1, 3, 6, 7), (2, 3, 2, 3), {"padding": (0, 1, 2, 1)}, id="pad-4tuple"),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), TORCH_CASES)
+def test_matches_torch(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    rng: np.random.Generator,
+) -> None:
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    out, cache = conv2d_forward(x, w, b, **kwargs)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = conv2d_backward(dout, cache)
+
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    padding = kwargs.get("padding", 0)
+    tin = tx
+    if isinstance(padding, tuple) and len(padding) == 4:  # F.conv2d takes symmetric padding only
+        top, bottom, left, right = padding
+        tin, padding = torch.nn.functional.pad(tx, (left, right, top, bottom)), 0
+    tout = torch.nn.functional.conv2d(
+        tin,
+        tw,
+        tb,
+        stride=kwargs.get("stride", 1),
+        padding=padding,
+        dilation=kwargs.get("dilation", 1),
+        groups=kwargs.get("groups", 1),
+    )
+    tout.backward(torch.tensor(dout))
+    assert_close(out, tout.detach().numpy())
+    assert_close(dx, tx.grad.numpy())
+    assert_close(dw, tw.grad.numpy())
+    assert db is not None
+    assert_close(db, tb.grad.numpy())
