@@ -19,17 +19,31 @@ from .geometry import (
     pool2d_geometry,
 )
 from .linear import linear_backward, linear_forward
-from .losses import softmax_cross_entropy
+from .losses import log_softmax, mse_loss, softmax_cross_entropy
+from .network import (
+    Conv2d,
+    Linear,
+    MeanSquaredError,
+    SoftmaxCrossEntropy,
+    network_backward,
+    network_forward,
+    network_info,
+    network_loss,
+)
 from .pool import pool2d_backward, pool2d_forward
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CnnError",
+    "Conv2d",
     "DtypeError",
     "LayerInfo",
+    "Linear",
+    "MeanSquaredError",
     "ParameterError",
     "ShapeError",
+    "SoftmaxCrossEntropy",
     "__version__",
     "conv2d_backward",
     "conv2d_forward",
@@ -39,6 +53,12 @@ __all__ = [
     "linear_backward",
     "linear_forward",
     "linear_info",
+    "log_softmax",
+    "mse_loss",
+    "network_backward",
+    "network_forward",
+    "network_info",
+    "network_loss",
     "pool2d_backward",
     "pool2d_forward",
     "pool2d_geometry",

@@ -1,4 +1,4 @@
-"""Losses on class scores."""
+"""Losses: softmax cross-entropy on class scores, mean squared error on any output."""
 
 from __future__ import annotations
 
@@ -44,15 +44,67 @@ def softmax_cross_entropy(scores: Any, y: Any) -> tuple[float, np.ndarray]:
     if n == 0 or c == 0:
         raise ShapeError(f"scores has an empty dimension: shape {scores.shape}", arg="scores")
     y = _check_labels(y, n, c)
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_probs = shifted - log_norm
+    log_probs = log_softmax(scores)
     rows = np.arange(n)
     loss = -float(np.mean(log_probs[rows, y]))
     dscores = np.exp(log_probs)
     dscores[rows, y] -= 1
     dscores /= n
     return loss, dscores
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise ``log(softmax(scores))``, with each row's maximum subtracted first.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (N, C)
+        float32 or float64.
+
+    Returns
+    -------
+    ndarray, shape (N, C)
+        Same dtype as ``scores``; ``exp`` of it is the softmax (rows sum to 1).
+    """
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def mse_loss(pred: Any, target: Any) -> tuple[float, np.ndarray]:
+    """Mean squared error over all elements, and its gradient.
+
+    ``loss = mean((pred - target) ** 2)``, the mean over every element (batch and
+    features alike), so ``dpred = 2 * (pred - target) / pred.size``.
+
+    Parameters
+    ----------
+    pred : array_like, any shape with at least one dimension
+        float32 or float64 (kept); integer or bool (converted to float64).
+    target : array_like, shape of ``pred``
+
+    Returns
+    -------
+    loss : float
+    dpred : ndarray, shape of ``pred``
+        Same dtype as ``pred``.
+
+    Raises
+    ------
+    cnncore.DtypeError
+        If an array is not real numeric.
+    cnncore.ShapeError
+        If ``target``'s shape differs from ``pred``'s.
+    """
+    pred = as_float_array(pred, "pred")
+    target = as_float_array(target, "target")
+    if target.shape != pred.shape:
+        raise ShapeError(
+            f"target has shape {target.shape} but the prediction has shape {pred.shape}",
+            arg="target",
+        )
+    diff = pred - target.astype(pred.dtype, copy=False)
+    loss = float(np.mean(np.square(diff)))
+    return loss, diff * pred.dtype.type(2 / diff.size)
 
 
 def _check_labels(y: Any, n: int, c: int) -> np.ndarray:
