@@ -1,0 +1,1 @@
+"""Runnable benchmarks that print tables (not timed tests)."""
