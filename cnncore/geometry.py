@@ -99,7 +99,7 @@ def conv_out_size(
     out = -(-span // s) + 1
     if out > 0 and (out - 1) * s >= size + pad_lo:
         out -= 1
-    return out
+    return max(out, span // s + 1)  # never fewer windows than floor mode
 
 
 def unused_size(size: int, k: int, s: int, pad_lo: int, out: int, d: int = 1) -> int:
