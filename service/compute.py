@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import numpy as np
+
 from cnncore import CnnError
 
 from . import metrics
@@ -93,7 +95,9 @@ def run(slots: ComputeSlots, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     with slots.acquire():
         start = time.perf_counter()
         try:
-            result = fn(*args, **kwargs)
+            # Overflow is not a warning to log: a non-finite result is refused when encoded.
+            with np.errstate(all="ignore"):
+                result = fn(*args, **kwargs)
         except CnnError as exc:
             raise from_cnn_error(exc) from None
         return result, (time.perf_counter() - start) * 1e3

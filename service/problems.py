@@ -27,6 +27,7 @@ log = logging.getLogger("service")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 MAX_MSG_CHARS = 300
+MAX_LOC_CHARS = 60
 
 #: Problem ``type`` URIs, by status.
 PROBLEM_TYPES: dict[int, str] = {
@@ -115,7 +116,7 @@ def problem_response(
         "title": _title(status),
         "status": status,
         "detail": _clip(detail),
-        "errors": [{"loc": list(loc), "msg": _clip(msg)} for loc, msg in errors],
+        "errors": [{"loc": _clip_loc(loc), "msg": _clip(msg)} for loc, msg in errors],
     }
     return Response(
         orjson.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
@@ -132,6 +133,11 @@ def _title(status: int) -> str:
 def _clip(text: str, limit: int = MAX_MSG_CHARS) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clip_loc(loc: Loc) -> list[str | int]:
+    # A loc can hold a client's key (an unknown field): it is input too, so it is clipped.
+    return [p if isinstance(p, int) else _clip(p, MAX_LOC_CHARS) for p in loc]
 
 
 def _loc_text(loc: Loc) -> str:

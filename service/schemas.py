@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .tensors import DTYPES, TENSOR_SCHEMA, Encoding
+from .tensors import DTYPES, TENSOR_SCHEMA, Encoding, list_dtype_scope
 
 MAX_KERNEL = 1024
 MAX_PAD = 1024
@@ -140,16 +139,13 @@ class TensorRequest(StrictModel):
     @model_validator(mode="wrap")
     @classmethod
     def _list_dtype(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
-        # Nested-list tensors decode to float64; cast them once the request's dtype is known.
-        model = handler(data)
-        if isinstance(data, dict) and data.get("dtype") == "float32":
-            model._cast_lists(data)
-        return model
-
-    def _cast_lists(self, raw: dict[str, Any]) -> None:
-        for name, value in raw.items():
-            if isinstance(value, list) and isinstance(getattr(self, name, None), np.ndarray):
-                setattr(self, name, getattr(self, name).astype(DTYPES["float32"]))
+        # Nested-list tensors (in nested models too: a network's layers[i].w) decode
+        # straight to the request's dtype, checked finite in it: no float64 copy to recast.
+        dtype = data.get("dtype") if isinstance(data, dict) else None
+        if dtype not in DTYPES:
+            return handler(data)
+        with list_dtype_scope(DTYPES[dtype]):
+            return handler(data)
 
 
 #: A tensor in a response (documents both encodings).

@@ -42,7 +42,8 @@ class TensorLimits:
     max_elements: int = 16_777_216
 
 
-_limits: ContextVar[TensorLimits] = ContextVar("tensor_limits", default=TensorLimits())
+# TensorLimits is a frozen dataclass, so sharing one default instance is safe.
+_limits: ContextVar[TensorLimits] = ContextVar("tensor_limits", default=TensorLimits())  # noqa: B039
 
 
 @contextlib.contextmanager
@@ -53,6 +54,19 @@ def limits_scope(limits: TensorLimits) -> Iterator[None]:
         yield
     finally:
         _limits.reset(token)
+
+
+_list_dtype: ContextVar[np.dtype] = ContextVar("list_dtype", default=DTYPES["float64"])
+
+
+@contextlib.contextmanager
+def list_dtype_scope(dtype: np.dtype) -> Iterator[None]:
+    """Decode nested-list tensors to ``dtype`` inside the ``with`` block (default float64)."""
+    token = _list_dtype.set(dtype)
+    try:
+        yield
+    finally:
+        _list_dtype.reset(token)
 
 
 def _fail(kind: str, msg: str) -> PydanticCustomError:
@@ -111,14 +125,16 @@ def _from_numbers(data: list[Any], shape: tuple[int, ...], dtype: np.dtype) -> n
         raise _fail("tensor_ragged", "tensor is ragged: its rows have different lengths")
     if arr.dtype.kind not in "iuf":
         raise _fail("tensor_values", "tensor values must all be numbers")
-    out = arr.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # overflow to float32 is reported just below
+        out = arr.astype(dtype, copy=False)
     if not np.isfinite(out).all():
         raise _fail("tensor_values", f"tensor values must be finite and fit in {dtype.name}")
     return out
 
 
 def decode_tensor(value: Any) -> np.ndarray:
-    """Decode one wire tensor; nested lists become float64 (the request may recast).
+    """Decode one wire tensor; nested lists become float64 unless :func:`list_dtype_scope`
+    says otherwise (the request's ``dtype``).
 
     Raises
     ------
@@ -130,7 +146,7 @@ def decode_tensor(value: Any) -> np.ndarray:
     if isinstance(value, list):
         shape = _infer_shape(value)
         _check_elements(shape)
-        return _from_numbers(value, shape, DTYPES["float64"])
+        return _from_numbers(value, shape, _list_dtype.get())
     if not isinstance(value, dict):
         raise _fail(
             "tensor_type",
