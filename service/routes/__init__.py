@@ -1,6 +1,6 @@
 """One APIRouter per resource."""
 
-from . import conv, docs, health, info, linear, pool, prometheus, shapes
+from . import conv, docs, health, info, linear, network, pool, prometheus, shapes
 
 ALL_ROUTERS = [
     health.router,
@@ -11,4 +11,5 @@ ALL_ROUTERS = [
     pool.router,
     linear.router,
     shapes.router,
+    network.router,
 ]
