@@ -1,6 +1,6 @@
 """One APIRouter per resource."""
 
-from . import conv, docs, health, info, linear, network, pool, prometheus, shapes
+from . import check, conv, docs, health, info, linear, network, pool, prometheus, shapes
 
 ALL_ROUTERS = [
     health.router,
@@ -12,4 +12,5 @@ ALL_ROUTERS = [
     linear.router,
     shapes.router,
     network.router,
+    check.router,
 ]
