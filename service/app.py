@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings
         Limits and options; read from ``CNN_*`` environment variables when omitted.
     """
-    from .routes import ALL_ROUTERS  # routes import schemas, which import this package
+    from .routes import ALL_ROUTERS, docs  # routes import schemas, which import this package
 
     settings = settings or Settings()
     app = FastAPI(
@@ -107,7 +107,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     for router in ALL_ROUTERS:
         app.include_router(router)
+    app.mount(docs.STATIC_PATH, docs.static_files(), name="static")
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout
+    )
+    # Outermost, so requests the body limit refuses are counted too.
+    paths = [getattr(route, "path", "") for router in ALL_ROUTERS for route in router.routes]
+    app.add_middleware(
+        metrics.MetricsMiddleware,
+        paths=[*paths, app.openapi_url or "/openapi.json"],
+        mounts=[docs.STATIC_PATH],
     )
     return app

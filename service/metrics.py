@@ -1,4 +1,4 @@
-"""Prometheus metrics (prometheus-client), shared by all routes.
+"""Prometheus metrics (prometheus-client): definitions, the request middleware, rendering.
 
 With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` must point at an empty
 directory before this module is imported (the CLI arranges it); ``/metrics`` then
@@ -7,7 +7,25 @@ aggregates every worker's samples.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import atexit
+import os
+import time
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter(
     "cnn_requests_total",
@@ -28,3 +46,76 @@ REJECTED = Counter(
     "Requests refused by a limit (body, elements, flops, memory, concurrency).",
     ["limit"],
 )
+
+#: Label of a path that matches no route, or of an unusual method (keeps labels bounded).
+OTHER = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+if os.environ.get(MULTIPROC_ENV):
+    # A worker that exits must not leave its in-flight gauge behind in the shared directory.
+    atexit.register(_multiprocess.mark_process_dead, os.getpid())
+
+
+def render() -> tuple[bytes, str]:
+    """The Prometheus text exposition and its content type; with several workers,
+    the samples of all of them (prometheus-client's multiprocess mode)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template, method and status, and times it.
+
+    Labels use the route's template (``/v1/conv2d/forward``, ``/static``), never the
+    raw path, so a scan of random URLs cannot create new time series: paths that
+    match no route are counted as ``other``. Added outermost, it also sees the
+    requests that the body limit refuses before routing.
+
+    Parameters
+    ----------
+    app
+        The ASGI app to wrap.
+    paths
+        Route templates (``/items/{id}`` style), matched in order.
+    mounts
+        Path prefixes of mounted apps (``/static``); everything below one is labelled by it.
+    """
+
+    def __init__(self, app: ASGIApp, paths: Iterable[str], mounts: Iterable[str] = ()) -> None:
+        self.app = app
+        self.paths = [(compile_path(path)[0], path) for path in paths]
+        self.mounts = [m.rstrip("/") for m in mounts]
+
+    def template(self, path: str) -> str:
+        """The route template ``path`` belongs to, or ``other``."""
+        for regex, template in self.paths:
+            if regex.match(path):
+                return template
+        for mount in self.mounts:
+            if path == mount or path.startswith(mount + "/"):
+                return mount
+        return OTHER
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.template(scope["path"])
+        method = scope["method"] if scope["method"] in METHODS else OTHER
+        status = 500  # what the server answers if the app raises before responding
+        start = time.perf_counter()
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            LATENCY.labels(route=route).observe(time.perf_counter() - start)
+            REQUESTS.labels(route=route, method=method, status=str(status)).inc()

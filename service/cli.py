@@ -1,0 +1,94 @@
+"""``cnn-service`` and ``python -m service``: run the API under uvicorn.
+
+Flags default to the ``CNN_HOST``, ``CNN_PORT``, ``CNN_WORKERS`` and ``CNN_LOG_LEVEL``
+environment variables (see :class:`service.settings.Settings`). Every worker
+builds its own app through the factory ``service.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from . import __version__
+from .settings import Settings
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
+
+
+def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:
+    """Command-line flags, with defaults taken from ``settings``."""
+    parser = argparse.ArgumentParser(
+        prog="cnn-service",
+        description="Serve convolution, pooling and fully connected layers over HTTP. "
+        "Limits are set with CNN_* environment variables (see GET /v1/info).",
+    )
+    parser.add_argument(
+        "--host", default=settings.host, help="address to listen on (CNN_HOST; %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=settings.port, help="TCP port (CNN_PORT; %(default)s)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="worker processes (CNN_WORKERS; %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=settings.log_level.lower(),
+        help="uvicorn log level (CNN_LOG_LEVEL; %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, got {args.port}")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.log_level not in LOG_LEVELS:  # a default from CNN_LOG_LEVEL skips `choices`
+        parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until interrupted; returns the process exit status."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"cnn-service: invalid CNN_* environment variable:\n{exc}", file=sys.stderr)
+        return 2
+    args = parse_args(argv, settings)
+
+    import uvicorn
+
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Workers are separate processes: they share metrics through files in a fresh
+        # directory, which must be set before any of them imports prometheus-client.
+        metrics_dir = tempfile.mkdtemp(prefix="cnn-service-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=math.ceil(settings.graceful_timeout),
+        )
+    finally:
+        if metrics_dir is not None:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0

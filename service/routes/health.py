@@ -1,0 +1,38 @@
+"""GET /health/live and /health/ready: probes for orchestrators and load balancers."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from ..problems import ApiError, problem_responses
+from ..routing import JSONResponse, make_router, settings_of
+
+router = make_router(prefix="/health", tags=["operations"])
+
+
+class Status(BaseModel):
+    """A probe's answer."""
+
+    status: str = Field(description="'ok' when the probe passes.", examples=["ok"])
+
+
+@router.get("/live", response_model=Status, summary="Liveness")
+async def live() -> Response:
+    """200 while the process answers HTTP at all (the event loop is never blocked by a
+    computation, so this stays fast under load)."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready", response_model=Status, responses=problem_responses(503), summary="Readiness")
+async def ready(request: Request) -> Response:
+    """200 while the service accepts new work; 503 once it is shutting down, so load
+    balancers stop sending requests while in-flight ones finish."""
+    if not getattr(request.app.state, "ready", True):
+        raise ApiError(
+            503,
+            "shutting down: this instance no longer accepts new requests",
+            headers={"Retry-After": str(settings_of(request).retry_after)},
+        )
+    return JSONResponse({"status": "ok"})
