@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
@@ -45,9 +47,9 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     metrics.REJECTED.labels(limit="body").inc()
-                    raise _BodyRejected(413)
+                    raise _BodyRejected(413, self._too_large_detail())
                 if message.get("more_body") and time.monotonic() > deadline:
-                    raise _BodyRejected(408)
+                    raise _BodyRejected(408, self._too_slow_detail())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -64,20 +66,28 @@ class BodyLimitMiddleware:
             if exc.status == 413:
                 await self._too_large(scope, receive, send)
             else:
-                detail = f"the request body did not arrive within {self.timeout:g} s"
-                await problem_response(408, detail, headers={"Connection": "close"})(
+                await problem_response(408, exc.detail, headers={"Connection": "close"})(
                     scope, receive, send
                 )
 
+    def _too_large_detail(self) -> str:
+        return f"the request body exceeds {self.max_bytes} bytes (CNN_MAX_BODY_BYTES)"
+
+    def _too_slow_detail(self) -> str:
+        return f"the request body did not arrive within {self.timeout:g} s"
+
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"the request body exceeds {self.max_bytes} bytes (CNN_MAX_BODY_BYTES)"
+        detail = self._too_large_detail()
         response = problem_response(413, detail, [([], detail)], headers={"Connection": "close"})
         await response(scope, receive, send)
 
 
-class _BodyRejected(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
+class _BodyRejected(HTTPException):
+    """Raised from ``receive``. An HTTPException, because FastAPI re-raises those while
+    reading the body (the problem handler renders it) but turns any other into a 400."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status, detail, headers={"Connection": "close"})
         self.status = status
 
 
