@@ -153,8 +153,8 @@ def _layer(req: CheckRequest) -> Layer:
 
 def _single_layer_error(exc: LayerError, op: str) -> ApiError:
     """A network error about layer 0, told in terms of the single op's request."""
-    if exc.arg is None:
-        loc: list[str | int] = []
+    if exc.arg is None:  # the layer as a whole does not fit its input
+        loc: list[str | int] = ["x"]
     elif exc.arg in ("x", "w", "b"):
         loc = [exc.arg]
     else:
