@@ -206,6 +206,87 @@ class Client:
         """Per-layer output shapes, parameters and FLOPs of a stack of layers (no arrays)."""
         return self._post("/v1/shapes", {"input_shape": list(input_shape), "layers": list(layers)})
 
+    def network_forward(
+        self,
+        x: np.ndarray,
+        layers: Sequence[dict[str, Any]],
+        loss: dict[str, Any] | None = None,
+        *,
+        return_activations: bool = False,
+        return_probabilities: bool = False,
+    ) -> dict[str, Any]:
+        """Run a stack of layers forward (``POST /v1/network/forward``).
+
+        ``layers`` are dicts as on the wire, with arrays for ``w`` and ``b``:
+        ``{"type": "conv2d", "w": w, "b": b, "padding": 1}``, ``{"type": "relu"}``,
+        ``{"type": "pool2d", "kernel_size": 2}``, ``{"type": "flatten"}``,
+        ``{"type": "linear", "w": w, "b": b}``. ``loss`` is
+        ``{"type": "softmax_cross_entropy", "y": labels}`` or ``{"type": "mse", "target": t}``.
+
+        Returns the response with its tensors as arrays: ``out``, ``loss`` (float or
+        None), ``meta``, and when present ``probabilities``, ``predictions`` and
+        ``activations`` (a list of arrays).
+        """
+        r = self._post(
+            "/v1/network/forward",
+            {
+                **self._network(x, layers, loss),
+                "return_activations": return_activations,
+                "return_probabilities": return_probabilities,
+            },
+        )
+        return _decode_network(r)
+
+    def network_backward(
+        self,
+        x: np.ndarray,
+        layers: Sequence[dict[str, Any]],
+        loss: dict[str, Any] | None = None,
+        dout: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Gradients of a stack of layers (``POST /v1/network/backward``), from ``loss``
+        or from ``dout`` (the gradient of the network output): exactly one of them.
+
+        Returns ``loss`` (float or None), ``dx`` (x's shape), ``grads`` (one dict per
+        layer: ``{"dw": array, "db": array or None}`` for conv2d and linear, ``{}``
+        otherwise) and ``meta``.
+        """
+        payload = self._network(x, layers, loss)
+        if dout is not None:
+            payload["dout"] = self._tensor(np.asarray(dout))
+        return _decode_network(self._post("/v1/network/backward", payload))
+
+    def check(
+        self,
+        op: Literal["conv2d", "pool2d", "linear"],
+        x: np.ndarray,
+        claimed: dict[str, np.ndarray],
+        *,
+        w: np.ndarray | None = None,
+        b: np.ndarray | None = None,
+        dout: np.ndarray | None = None,
+        params: dict[str, Any] | None = None,
+        tolerance: float | None = None,
+    ) -> dict[str, Any]:
+        """Check claimed answers for one layer (``POST /v1/check``).
+
+        ``claimed`` maps any of ``out``, ``dx``, ``dw``, ``db`` to arrays (gradients
+        need ``dout``); ``params`` are the op's hyper-parameters. Returns
+        ``{"passed", "tolerance", "tensors": {name: verdict}}``, each verdict with
+        ``passed``, ``max_rel_error``, ``max_abs_error``, ``worst_index``, ``expected``,
+        ``got``, ``expected_shape``, ``got_shape`` and ``message``.
+        """
+        return self._post(
+            "/v1/check",
+            {
+                "op": op,
+                "params": params or {},
+                **self._tensors(x=x, w=w, b=b, dout=dout),
+                "claimed": {k: self._tensor(np.asarray(v)) for k, v in claimed.items()},
+                "tolerance": tolerance,
+            },
+        )
+
     def info(self) -> dict[str, Any]:
         """Versions, BLAS and the limits in force."""
         return self._get("/v1/info")
@@ -236,6 +317,25 @@ class Client:
         the response tensors should use."""
         fields = {k: None if v is None else self._tensor(np.asarray(v)) for k, v in arrays.items()}
         return {**fields, "encoding": self.encoding}
+
+    def _network(
+        self, x: np.ndarray, layers: Sequence[dict[str, Any]], loss: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Request fields of a network: arrays inside layers and the loss as wire tensors."""
+
+        def wire(fields: dict[str, Any]) -> dict[str, Any]:
+            return {
+                k: self._tensor(v) if isinstance(v, np.ndarray) and k != "y" else v
+                for k, v in fields.items()
+            }
+
+        if loss is not None and isinstance(loss.get("y"), np.ndarray):
+            loss = {**loss, "y": loss["y"].tolist()}
+        return {
+            **self._tensors(x=x),
+            "layers": [wire(dict(layer)) for layer in layers],
+            "loss": None if loss is None else wire(dict(loss)),
+        }
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` (top-level ``None`` values left out, meaning "the default")
@@ -272,6 +372,20 @@ def _decode(wire: Any, meta: dict[str, Any]) -> np.ndarray:
 
 def _decode_optional(wire: Any, meta: dict[str, Any]) -> np.ndarray | None:
     return None if wire is None else _decode(wire, meta)
+
+
+def _decode_network(r: dict[str, Any]) -> dict[str, Any]:
+    """A network response with its tensors as arrays."""
+    m = r["meta"]
+    result = dict(r)
+    for name in ("out", "dx", "probabilities"):
+        if name in r:
+            result[name] = _decode(r[name], m)
+    if "activations" in r:
+        result["activations"] = [_decode(a, m) for a in r["activations"]]
+    if "grads" in r:
+        result["grads"] = [{k: _decode_optional(v, m) for k, v in g.items()} for g in r["grads"]]
+    return result
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:

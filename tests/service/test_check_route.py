@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import cnncore
+from service.client import Client
 
 from .wire import assert_problem, client, to_wire
 
@@ -263,3 +264,25 @@ def test_the_flop_budget_applies(rng: np.random.Generator) -> None:
     payload = _conv_request(rng)
     problem = assert_problem(client(max_flops=100).post("/v1/check", json=payload), 413)
     assert "CNN_MAX_FLOPS" in problem["detail"]
+
+
+# --------------------------------------------------------------------------- client
+
+
+def test_client_check(api: TestClient, rng: np.random.Generator) -> None:
+    a = CONV.arrays(rng, np.float32)
+    answers = CONV.answers(a)
+    answers["dx"][0, 0, 0, 0] += 1
+    res = Client(http=api).check(
+        "conv2d",
+        a["x"],
+        {"dx": answers["dx"], "db": answers["db"]},
+        w=a["w"],
+        b=a["b"],
+        dout=a["dout"],
+        params=CONV.params,
+    )
+    assert res["tolerance"] == 1e-3
+    assert res["passed"] is False
+    assert res["tensors"]["dx"]["worst_index"] == [0, 0, 0, 0]
+    assert res["tensors"]["db"]["passed"] is True

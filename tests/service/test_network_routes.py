@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import cnncore
+from service.client import Client, ServiceError
 from service.routes.network import MAX_NETWORK_LAYERS
 from tests.helpers import assert_close
 
@@ -372,3 +373,52 @@ def test_the_memory_budget_applies_to_the_whole_network(rng: np.random.Generator
     api = client(max_request_bytes=10_000)
     problem = assert_problem(api.post("/v1/network/forward", json=body(cnn(rng))), 413)
     assert "CNN_MAX_REQUEST_BYTES" in problem["detail"]
+
+
+# --------------------------------------------------------------------------- client
+
+
+@pytest.mark.parametrize("encoding", ["b64", "list"])
+def test_client_network_forward_and_backward(
+    api: TestClient, rng: np.random.Generator, encoding: str
+) -> None:
+    a = cnn(rng, np.float32)
+    layers = [
+        {"type": "conv2d", "w": a["w0"], "b": a["b0"], "padding": 1},
+        {"type": "relu"},
+        {"type": "pool2d", "kernel_size": 2},
+        {"type": "flatten"},
+        {"type": "linear", "w": a["w4"]},
+    ]
+    loss = {"type": "softmax_cross_entropy", "y": np.array(Y)}
+    remote = Client(http=api, encoding=encoding)
+    fwd = remote.network_forward(a["x"], layers, loss, return_activations=True)
+    core = [
+        cnncore.Conv2d(a["w0"], a["b0"], padding=1),
+        cnncore.network_shapes.ReluSpec(),
+        cnncore.network_shapes.Pool2dSpec(kernel_size=2),
+        cnncore.network_shapes.FlattenSpec(),
+        cnncore.Linear(a["w4"]),
+    ]
+    out, cache = cnncore.network_forward(a["x"], core)
+    _, dout = cnncore.network_loss(out, cnncore.SoftmaxCrossEntropy(np.array(Y)))
+    dx, grads = cnncore.network_backward(dout, cache)
+    assert fwd["out"].dtype == np.float32
+    assert_close(fwd["out"], out)
+    assert len(fwd["activations"]) == 5
+    assert fwd["predictions"] == np.argmax(out, axis=1).tolist()
+    bwd = remote.network_backward(a["x"], layers, dout=dout)
+    assert bwd["loss"] is None
+    assert_close(bwd["dx"], dx)
+    assert_close(bwd["grads"][0]["dw"], grads[0]["dw"])
+    assert bwd["grads"][4]["db"] is None
+    assert bwd["grads"][1] == {}
+
+
+def test_client_network_errors_carry_the_loc(api: TestClient, rng: np.random.Generator) -> None:
+    a = cnn(rng)
+    layers = [{"type": "linear", "w": np.zeros((107, 5))}]
+    with pytest.raises(ServiceError) as info:
+        Client(http=api).network_forward(a["x"], layers)
+    assert info.value.status == 422
+    assert info.value.errors[0]["loc"] == ["layers", 0, "w"]
