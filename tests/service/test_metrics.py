@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
@@ -15,6 +16,7 @@ from prometheus_client import REGISTRY
 from service.app import create_app
 from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
+from service.testing import free_port, serve
 
 
 @pytest.fixture
@@ -133,3 +135,15 @@ def test_multiprocess_mode_aggregates_every_worker(tmp_path: Path) -> None:
     assert line in text
     assert "cnn_computations_in_flight 0.0" in text
     assert any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_real_workers() -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "service", "--port", str(port), "--workers", "2"]
+    with serve(argv, port=port, env={MULTIPROC_ENV: ""}) as base_url:
+        for _ in range(20):  # a new connection each time, so both workers get some
+            assert httpx.get(f"{base_url}/v1/info").status_code == 200
+        text = httpx.get(f"{base_url}/metrics").text
+    # Every worker's requests in one scrape, whichever worker answered it.
+    assert 'cnn_requests_total{method="GET",route="/v1/info",status="200"} 20.0' in text
