@@ -30,6 +30,7 @@ from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Conv2dParams, StrictModel, TensorRequest, TensorResponse
 from ..tensors import Encoding, Tensor
 from .common import encode
+from .shapes import LayerShape
 
 router = make_router(prefix="/v1/network", tags=["network"])
 
@@ -176,23 +177,10 @@ class NetworkBackwardRequest(NetworkForwardRequest):
 # --------------------------------------------------------------------------- responses
 
 
-class LayerMeta(BaseModel):
-    """One layer's shapes and costs."""
-
-    type: str
-    input_shape: list[int]
-    output_shape: list[int]
-    param_count: int = Field(description="Weights plus biases.")
-    macs: int = Field(description="Multiply-accumulates of the forward pass.")
-    flops: int = Field(description="FLOPs of the layer's forward pass.")
-    exact: bool = Field(description="Whether the output-size division was exact.")
-    unused: list[int] = Field(description="Trailing input (rows, cols) no window covers.")
-
-
 class NetworkMeta(BaseModel):
     """What the network did, from shapes, plus how long it took."""
 
-    layers: list[LayerMeta]
+    layers: list[LayerShape] = Field(description="Each layer's shapes and forward costs.")
     input_shape: list[int]
     output_shape: list[int]
     total_params: int

@@ -56,6 +56,17 @@ def body(a: dict[str, np.ndarray], form: str = "list", **extra: Any) -> dict[str
     }
 
 
+def core_layers(a: dict[str, np.ndarray]) -> list:
+    """The cnncore layers of :func:`body`."""
+    return [
+        cnncore.Conv2d(a["w0"], a["b0"], padding=1),
+        cnncore.network_shapes.ReluSpec(),
+        cnncore.network_shapes.Pool2dSpec(kernel_size=2),
+        cnncore.network_shapes.FlattenSpec(),
+        cnncore.Linear(a["w4"]),
+    ]
+
+
 def post(api: TestClient, path: str, payload: dict[str, Any]) -> dict[str, Any]:
     r = api.post(path, json=payload)
     assert r.status_code == 200, r.text[:500]
@@ -119,14 +130,7 @@ def test_forward_and_backward_against_cnncore(
 ) -> None:
     a = cnn(rng, dtype)
     extra = {"encoding": encoding, **({"dtype": "float32"} if dtype == np.float32 else {})}
-    layers = [
-        cnncore.Conv2d(a["w0"], a["b0"], padding=1),
-        cnncore.network_shapes.ReluSpec(),
-        cnncore.network_shapes.Pool2dSpec(kernel_size=2),
-        cnncore.network_shapes.FlattenSpec(),
-        cnncore.Linear(a["w4"]),
-    ]
-    out, cache = cnncore.network_forward(a["x"], layers)
+    out, cache = cnncore.network_forward(a["x"], core_layers(a))
     loss, dout = cnncore.network_loss(out, cnncore.SoftmaxCrossEntropy(np.array(Y)))
     dx, grads = cnncore.network_backward(dout, cache)
 
@@ -144,16 +148,7 @@ def test_forward_and_backward_against_cnncore(
 def test_meta_describes_every_layer(api: TestClient, rng: np.random.Generator) -> None:
     a = cnn(rng)
     meta = post(api, "/v1/network/forward", body(a))["meta"]
-    infos = cnncore.network_info(
-        a["x"].shape,
-        [
-            cnncore.Conv2d(a["w0"], a["b0"], padding=1),
-            cnncore.network_shapes.ReluSpec(),
-            cnncore.network_shapes.Pool2dSpec(kernel_size=2),
-            cnncore.network_shapes.FlattenSpec(),
-            cnncore.Linear(a["w4"]),
-        ],
-    )
+    infos = cnncore.network_info(a["x"].shape, core_layers(a))
     assert [m["type"] for m in meta["layers"]] == ["conv2d", "relu", "pool2d", "flatten", "linear"]
     assert [m["output_shape"] for m in meta["layers"]] == [list(i.output_shape) for i in infos]
     assert meta["total_params"] == 4 * 27 + 4 + 36 * 5
@@ -393,14 +388,7 @@ def test_client_network_forward_and_backward(
     loss = {"type": "softmax_cross_entropy", "y": np.array(Y)}
     remote = Client(http=api, encoding=encoding)
     fwd = remote.network_forward(a["x"], layers, loss, return_activations=True)
-    core = [
-        cnncore.Conv2d(a["w0"], a["b0"], padding=1),
-        cnncore.network_shapes.ReluSpec(),
-        cnncore.network_shapes.Pool2dSpec(kernel_size=2),
-        cnncore.network_shapes.FlattenSpec(),
-        cnncore.Linear(a["w4"]),
-    ]
-    out, cache = cnncore.network_forward(a["x"], core)
+    out, cache = cnncore.network_forward(a["x"], core_layers(a))
     _, dout = cnncore.network_loss(out, cnncore.SoftmaxCrossEntropy(np.array(Y)))
     dx, grads = cnncore.network_backward(dout, cache)
     assert fwd["out"].dtype == np.float32
