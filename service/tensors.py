@@ -97,7 +97,7 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
 
 
 def _dtype(value: Any) -> np.dtype:
-    if value not in DTYPES:
+    if not isinstance(value, str) or value not in DTYPES:  # {} or [] are not hashable
         raise _fail("tensor_dtype", "dtype must be 'float32' or 'float64'")
     return DTYPES[value]
 

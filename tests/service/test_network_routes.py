@@ -327,6 +327,13 @@ ERRORS = [
     pytest.param(
         _edit(["return_activations"], 1), "forward", ["return_activations"], "", id="flag-int"
     ),
+    pytest.param(
+        _edit(["loss"], {"type": "mse", "target": {"shape": [1], "dtype": {}, "b64": ""}}),
+        "backward",
+        ["loss", "target"],
+        "dtype must be",
+        id="unhashable-dtype",  # was a 500 (found by schemathesis)
+    ),
 ]
 
 
