@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
@@ -25,7 +27,12 @@ async def live() -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/ready", response_model=Status, responses=problem_responses(503), summary="Readiness")
+_SHUTTING_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {**problem_responses(503)[503], "description": "Shutting down."}
+}
+
+
+@router.get("/ready", response_model=Status, responses=_SHUTTING_DOWN, summary="Readiness")
 async def ready(request: Request) -> Response:
     """200 while the service accepts new work; 503 once it is shutting down, so load
     balancers stop sending requests while in-flight ones finish."""
