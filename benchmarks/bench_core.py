@@ -162,7 +162,7 @@ def peak_mb(run: Runner) -> float:
 def blas_info() -> tuple[str, int]:
     """A one-line description of numpy's BLAS and its thread count."""
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
     except ImportError:
         return "unknown (threadpoolctl not installed)", os.cpu_count() or 1
     for pool in threadpool_info():
