@@ -142,7 +142,7 @@ class TensorRequest(StrictModel):
         # Nested-list tensors (in nested models too: a network's layers[i].w) decode
         # straight to the request's dtype, checked finite in it: no float64 copy to recast.
         dtype = data.get("dtype") if isinstance(data, dict) else None
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:  # handler reports a bad one
             return handler(data)
         with list_dtype_scope(DTYPES[dtype]):
             return handler(data)

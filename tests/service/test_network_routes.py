@@ -334,6 +334,7 @@ ERRORS = [
         "dtype must be",
         id="unhashable-dtype",  # was a 500 (found by schemathesis)
     ),
+    pytest.param(_edit(["dtype"], {}), "forward", ["dtype"], "", id="request-dtype-object"),
 ]
 
 
