@@ -9,8 +9,11 @@ Each function keeps the tutorial's signature and dictionaries::
     out, cache = avg_pool_forward_naive(x, pool_param)
     dx = avg_pool_backward_naive(dout, cache)
 
-and loops over output positions (vectorised over the batch and the channels, as
-the tutorial does). Where the tutorial is loose, these follow the contract:
+and loops as the tutorial does: the convolution's forward pass over filters and
+output pixels (vectorised over the batch and the channels), its backward pass
+over samples, filters and output pixels, and pooling over output pixels (vectorised
+over the batch and the channels). Where the tutorial is loose, these follow the
+contract:
 
 - output sizes use floor division, through :mod:`cnncore.geometry`;
 - overlapping pooling windows *accumulate* gradients (``+=``, never ``=``);
@@ -107,7 +110,7 @@ def conv_forward_naive(
 def conv_backward_naive(
     dout: np.ndarray, cache: tuple[Any, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Gradients of :func:`conv_forward_naive`, by the same loops.
+    """Gradients of :func:`conv_forward_naive`, by loops over samples, filters and pixels.
 
     Each output pixel ``out[n, f, j, k]`` adds ``dout[n, f, j, k]`` times its
     window of ``x`` to ``dw[f]``, times ``w[f]`` to that window of ``dx``, and
@@ -133,17 +136,17 @@ def conv_backward_naive(
     dw = np.zeros(w.shape, dtype=dtype)
     db = np.zeros(g.f, dtype=dtype)
     f_per_group, c_per_group = g.f // g.groups, g.c // g.groups
-    for f in range(g.f):
-        group = f // f_per_group
-        channels = slice(group * c_per_group, (group + 1) * c_per_group)
-        for j in range(g.out_h):
-            for k in range(g.out_w):
-                rows = slice(j * g.sh, j * g.sh + g.dh * (g.kh - 1) + 1, g.dh)
-                cols = slice(k * g.sw, k * g.sw + g.dw * (g.kw - 1) + 1, g.dw)
-                d = dout[:, f, j, k][:, None, None, None]  # (N, 1, 1, 1)
-                db[f] += np.sum(dout[:, f, j, k])
-                dw[f] += np.sum(xpad[:, channels, rows, cols] * d, axis=0)
-                dxpad[:, channels, rows, cols] += w[f] * d
+    for n in range(g.n):
+        for f in range(g.f):
+            group = f // f_per_group
+            channels = slice(group * c_per_group, (group + 1) * c_per_group)
+            for j in range(g.out_h):
+                for k in range(g.out_w):
+                    rows = slice(j * g.sh, j * g.sh + g.dh * (g.kh - 1) + 1, g.dh)
+                    cols = slice(k * g.sw, k * g.sw + g.dw * (g.kw - 1) + 1, g.dw)
+                    db[f] += dout[n, f, j, k]
+                    dw[f] += xpad[n, channels, rows, cols] * dout[n, f, j, k]
+                    dxpad[n, channels, rows, cols] += w[f] * dout[n, f, j, k]
     dx = dxpad[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w]
     return dx, dw, (db if b is not None else None)
 
