@@ -11,7 +11,9 @@ TOL = {
 }
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: np.dtype | type | None = None) -> None:
+def assert_close(
+    actual: np.ndarray, expected: np.ndarray, dtype: np.dtype | type | None = None
+) -> None:
     """Compare with the tolerance of ``dtype`` (default: ``actual``'s dtype)."""
     tol = TOL[np.dtype(dtype if dtype is not None else actual.dtype)]
     np.testing.assert_allclose(actual, expected, **tol)
