@@ -43,7 +43,7 @@ def softmax_cross_entropy(scores: Any, y: Any) -> tuple[float, np.ndarray]:
     n, c = scores.shape
     if n == 0 or c == 0:
         raise ShapeError(f"scores has an empty dimension: shape {scores.shape}", arg="scores")
-    y = _check_labels(y, n, c)
+    y = check_labels(y, n, c)
     log_probs = log_softmax(scores)
     rows = np.arange(n)
     loss = -float(np.mean(log_probs[rows, y]))
@@ -107,7 +107,7 @@ def mse_loss(pred: Any, target: Any) -> tuple[float, np.ndarray]:
     return loss, diff * pred.dtype.type(2 / diff.size)
 
 
-def _check_labels(y: Any, n: int, c: int) -> np.ndarray:
+def check_labels(y: Any, n: int, c: int) -> np.ndarray:
     y = np.asarray(y)
     if y.dtype.kind not in "iu":
         raise DtypeError(f"y must hold integer class labels, got dtype {y.dtype}", arg="y")

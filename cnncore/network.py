@@ -31,7 +31,7 @@ from .conv import conv2d_backward, conv2d_forward
 from .errors import CnnError, ShapeError
 from .geometry import LayerInfo, _check_shape, check_int
 from .linear import linear_backward, linear_forward
-from .losses import _check_labels, mse_loss, softmax_cross_entropy
+from .losses import check_labels, mse_loss, softmax_cross_entropy
 from .network_shapes import (
     Conv2dSpec,
     FlattenSpec,
@@ -272,7 +272,7 @@ def check_loss(loss: Loss, out_shape: Sequence[int]) -> None:
                 "softmax cross-entropy needs a 2-D output (N, classes); the network "
                 f"output has shape {out_shape} (end with flatten and linear layers)",
             )
-        _check_labels(loss.y, *out_shape)
+        check_labels(loss.y, *out_shape)
     elif tuple(np.shape(loss.target)) != out_shape:
         raise ShapeError(
             f"target has shape {tuple(np.shape(loss.target))} but the network output has "

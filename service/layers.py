@@ -8,7 +8,7 @@ models of the single-layer routes: same names, defaults and bounds.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag
 
@@ -86,25 +86,37 @@ class LinearLayer(StrictModel):
 LAYER_TYPES = ("conv2d", "pool2d", "relu", "flatten", "linear")
 
 
-def _layer_tag(value: Any) -> str | None:
-    # Tags carry a "-layer" suffix so that error locs can drop them (problems._pydantic_loc
-    # removes union tags): ["layers", 2, "kernel_size"], not ["layers", 2, "conv2d", ...].
+def layer_tag(value: Any) -> str | None:
+    """Discriminator of the layer unions: the layer's ``type`` with a ``-layer`` suffix.
+
+    The suffix lets error locs drop the tag (problems._pydantic_loc removes union
+    tags): ``["layers", 2, "kernel_size"]``, not ``["layers", 2, "conv2d", ...]``.
+    """
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     return f"{kind}-layer" if kind in LAYER_TYPES else None
 
 
-Layer = Annotated[
-    Annotated[Conv2dLayer, Tag("conv2d-layer")]
-    | Annotated[Pool2dLayer, Tag("pool2d-layer")]
-    | Annotated[ReluLayer, Tag("relu-layer")]
-    | Annotated[FlattenLayer, Tag("flatten-layer")]
-    | Annotated[LinearLayer, Tag("linear-layer")],
-    Discriminator(
-        _layer_tag,
-        custom_error_type="layer_type",
-        custom_error_message="a layer needs a 'type': one of " + ", ".join(LAYER_TYPES),
-    ),
-]
+def layer_union(conv2d: type, linear: type) -> Any:
+    """The discriminated union of the five layer kinds, with the given conv2d and linear
+    models (shape-only here; with weights in the network routes)."""
+    return Annotated[
+        Annotated[conv2d, Tag("conv2d-layer")]
+        | Annotated[Pool2dLayer, Tag("pool2d-layer")]
+        | Annotated[ReluLayer, Tag("relu-layer")]
+        | Annotated[FlattenLayer, Tag("flatten-layer")]
+        | Annotated[linear, Tag("linear-layer")],
+        Discriminator(
+            layer_tag,
+            custom_error_type="layer_type",
+            custom_error_message="a layer needs a 'type': one of " + ", ".join(LAYER_TYPES),
+        ),
+    ]
+
+
+if TYPE_CHECKING:  # type checkers see the plain union; pydantic gets the tagged one
+    Layer = Conv2dLayer | Pool2dLayer | ReluLayer | FlattenLayer | LinearLayer
+else:
+    Layer = layer_union(Conv2dLayer, LinearLayer)
 
 Layers = Annotated[
     list[Layer],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Request
@@ -24,7 +24,7 @@ from cnncore.network import Layer, Loss, NetworkCache
 from cnncore.network_shapes import LayerError
 
 from ..compute import check_budget, run
-from ..layers import LAYER_TYPES, FlattenLayer, Pool2dLayer, ReluLayer, _layer_tag
+from ..layers import FlattenLayer, Pool2dLayer, ReluLayer, layer_union
 from ..problems import from_cnn_error, invalid, problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Conv2dParams, StrictModel, TensorRequest, TensorResponse
@@ -58,18 +58,10 @@ class LinearWeightsLayer(StrictModel):
     b: Tensor | None = Field(None, description="Bias, shape (M,), or null.")
 
 
-NetworkLayer = Annotated[
-    Annotated[Conv2dWeightsLayer, Tag("conv2d-layer")]
-    | Annotated[Pool2dLayer, Tag("pool2d-layer")]
-    | Annotated[ReluLayer, Tag("relu-layer")]
-    | Annotated[FlattenLayer, Tag("flatten-layer")]
-    | Annotated[LinearWeightsLayer, Tag("linear-layer")],
-    Discriminator(
-        _layer_tag,
-        custom_error_type="layer_type",
-        custom_error_message="a layer needs a 'type': one of " + ", ".join(LAYER_TYPES),
-    ),
-]
+if TYPE_CHECKING:  # type checkers see the plain union; pydantic gets the tagged one
+    NetworkLayer = Conv2dWeightsLayer | Pool2dLayer | ReluLayer | FlattenLayer | LinearWeightsLayer
+else:
+    NetworkLayer = layer_union(Conv2dWeightsLayer, LinearWeightsLayer)
 
 
 class SoftmaxCrossEntropyLoss(StrictModel):
