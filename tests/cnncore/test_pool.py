@@ -107,6 +107,12 @@ GRID = [
     pytest.param((2, 2), 3, 0, False, True, 8, 8, id="k2-s3-gaps"),
     pytest.param((1, 1), 1, 0, False, True, 3, 4, id="k1-identity"),
     pytest.param((5, 5), 1, 2, False, False, 5, 5, id="k5-s1-pad2-same"),
+    # Windows that tile the input (stride = kernel, no padding, divisible): own path.
+    pytest.param((3, 3), None, 0, False, True, 9, 6, id="k3-tiles"),
+    pytest.param((2, 3), None, 0, False, True, 6, 9, id="k2x3-tiles"),
+    pytest.param((2, 2), 2, 0, True, True, 6, 8, id="k2-tiles-ceil-exact"),
+    pytest.param((3, 3), None, 0, True, True, 7, 8, id="k3-s3-ceil-partial"),
+    pytest.param((3, 2), None, 0, False, True, 10, 7, id="k3x2-crop"),
 ]
 
 
@@ -175,6 +181,21 @@ def test_all_equal_windows_send_gradient_to_first_cell(kernel: Any, stride: Any)
     dx = pool2d_backward(dout, cache)
     np.testing.assert_array_equal(dx, expected)
     assert dx.sum() == out.size  # each window's gradient lands once, not once per tie
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride"), [(2, 2), (3, 2), ((2, 3), (2, 3))], ids=["tiles", "overlap", "tiles-2x3"]
+)
+def test_nan_takes_the_window_and_its_gradient(kernel: Any, stride: Any) -> None:
+    x = np.arange(72.0).reshape(1, 2, 6, 6)
+    x[0, 0, 1, 1] = x[0, 0, 1, 0] = x[0, 1, 4, 5] = np.nan
+    param = pool_param(np.broadcast_to(kernel, 2), stride)
+    expected, ref_cache = reference.max_pool_forward_naive(x, param)
+    out, cache = pool2d_forward(x, kernel_size=kernel, stride=stride)
+    np.testing.assert_array_equal(out, expected)  # NaN where a window holds one
+    dout = np.arange(1.0, out.size + 1).reshape(out.shape)
+    dx = pool2d_backward(dout, cache)
+    np.testing.assert_array_equal(dx, reference.max_pool_backward_naive(dout, ref_cache))
 
 
 def test_integer_input_becomes_float64() -> None:
