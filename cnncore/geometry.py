@@ -344,11 +344,12 @@ def _check_shape(
 
 def _positive_out(axis: str, out: int, size: int, k: int, s: int, lo: int, hi: int, d: int) -> None:
     if out <= 0:
+        extent = d * (k - 1) + 1
+        kernel = f"dilation {d}*(kernel {k} - 1) - 1" if d != 1 else f"kernel {k}"
         raise ShapeError(
             f"output {axis} would be {out}: floor(({axis} {size} + padding {lo}+{hi} "
-            f"- dilation {d}*(kernel {k} - 1) - 1) / stride {s}) + 1 = {out}; "
-            f"the padded input ({size + lo + hi}) is smaller than the kernel extent "
-            f"({d * (k - 1) + 1})",
+            f"- {kernel}) / stride {s}) + 1 = {out}; "
+            f"the padded input ({size + lo + hi}) is smaller than the kernel extent ({extent})",
             arg="x",
         )
 
@@ -459,9 +460,10 @@ def linear_info(x_shape: Sequence[int], w_shape: Sequence[int], *, bias: bool = 
     d_in, m = _check_shape(w_shape, "w", 2)
     d = math.prod(xs[1:])
     if d != d_in:
-        feat = "×".join(map(str, xs[1:]))
+        feat = f" ({'×'.join(map(str, xs[1:]))} = {d})" if len(xs) > 2 else ""
         raise ShapeError(
-            f"w has {d_in} rows but x has {d} features per sample ({feat} = {d})", arg="w"
+            f"w has {d_in} rows but x has {d} features per sample{feat}; w must be ({d}, {m})",
+            arg="w",
         )
     macs = xs[0] * d * m
     return LayerInfo(
