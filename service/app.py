@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -10,13 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
 from .compute import ComputeSlots
-from .problems import install_problem_handlers, problem_response
+from .problems import install_problem_handlers, problem_response, problem_responses
 from .settings import Settings
+from .tensors import bound_request_tensors
 
 
 class BodyLimitMiddleware:
     """413 once more than ``max_bytes`` of body have arrived (chunked bodies included),
-    408 when the whole body takes longer than ``timeout`` seconds to arrive.
+    408 when the whole body takes longer than ``timeout`` seconds to arrive (a client
+    that stops sending altogether included).
 
     It counts bytes as they are received, so neither a lying ``Content-Length`` nor
     a chunked upload gets past it.
@@ -40,16 +50,24 @@ class BodyLimitMiddleware:
         deadline = time.monotonic() + self.timeout
         response_started = False
 
+        body_done = False
+
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # only http.disconnect is left to wait for: no deadline
+                return await receive()
+            try:
+                # The deadline holds even when nothing arrives: a stalled client is cut off.
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                metrics.REJECTED.labels(limit="body_timeout").inc()
+                raise _BodyRejected(408, self._too_slow_detail()) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     metrics.REJECTED.labels(limit="body").inc()
                     raise _BodyRejected(413, self._too_large_detail())
-                if message.get("more_body") and time.monotonic() > deadline:
-                    raise _BodyRejected(408, self._too_slow_detail())
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -91,6 +109,67 @@ class _BodyRejected(HTTPException):
         self.status = status
 
 
+def _not_ready_on_exit_signals(app: FastAPI, delay: float) -> Callable[[], None]:
+    """On SIGTERM or SIGINT, report not-ready at once, then (after ``delay`` seconds) hand
+    the signal to the server's own handler, which stops accepting and drains.
+
+    Installed from the lifespan, so after uvicorn's handlers, in every worker process.
+    Returns a function restoring the previous handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals are only delivered to the main thread (TestClient)
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(sig: int, frame: FrameType | None) -> None:
+        app.state.ready = False
+        handler = previous[signal.Signals(sig)]
+        if callable(handler):
+            loop.call_soon_threadsafe(loop.call_later, delay, handler, sig, frame)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    return restore
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        restore = _not_ready_on_exit_signals(app, settings.shutdown_delay)
+        try:
+            yield
+        finally:
+            restore()
+
+    return lifespan
+
+
+def _openapi_with_limits(app: FastAPI, max_elements: int) -> None:
+    """The OpenAPI document states this instance's element limit on every request tensor,
+    and the answers of :class:`BodyLimitMiddleware` (408, 413) on every route with a body."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = bound_request_tensors(build(), max_elements)
+            body_problems = {
+                str(status): {"description": doc["description"], "content": doc["content"]}
+                for status, doc in problem_responses(408, 413).items()
+            }
+            for path in spec["paths"].values():
+                for op in path.values():
+                    if "requestBody" in op:
+                        op["responses"] = dict(sorted({**body_problems, **op["responses"]}.items()))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application.
 
@@ -108,12 +187,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Convolution, pooling and fully connected layers: forward and backward over HTTP.",
         docs_url=None,  # served from local assets by routes.docs (works offline)
         redoc_url=None,
+        lifespan=_lifespan(settings),
     )
     app.state.settings = settings
     app.state.slots = ComputeSlots(
         settings.max_concurrency, settings.queue_timeout, settings.retry_after
     )
     app.state.ready = True
+    _openapi_with_limits(app, settings.max_elements)
     install_problem_handlers(app)
     for router in ALL_ROUTERS:
         app.include_router(router)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from .compute import ComputeSlots
 from .settings import Settings
-from .tensors import TensorLimits, limits_scope
+from .tensors import TensorLimits, limits_scope, note_body_bools
 
 
 class OrjsonRequest(Request):
@@ -24,7 +24,9 @@ class OrjsonRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = orjson.loads(await self.body())
+            body = await self.body()
+            self._json = orjson.loads(body)
+            note_body_bools(body)
         return self._json
 
 

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .tensors import DTYPES, TENSOR_SCHEMA, Encoding, list_dtype_scope
+from .tensors import DTYPES, TENSOR_RESPONSE_SCHEMA, Encoding, list_dtype_scope
 
 MAX_KERNEL = 1024
 MAX_PAD = 1024
@@ -149,7 +149,7 @@ class TensorRequest(StrictModel):
 
 
 #: A tensor in a response (documents both encodings).
-TensorResponse = Annotated[Any, Field(json_schema_extra=TENSOR_SCHEMA)]
+TensorResponse = Annotated[Any, Field(json_schema_extra=TENSOR_RESPONSE_SCHEMA)]
 
 
 class Meta(BaseModel):

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     graceful_timeout: float = Field(
         20.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
     )
+    shutdown_delay: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="Seconds between SIGTERM and closing the listener, during which "
+        "/health/ready answers 503 while requests are still served (lets load balancers "
+        "stop routing here first).",
+    )
 
     def limits(self) -> dict[str, float | int]:
         """The limits in force, as ``/v1/info`` reports them."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -67,6 +68,23 @@ def list_dtype_scope(dtype: np.dtype) -> Iterator[None]:
         yield
     finally:
         _list_dtype.reset(token)
+
+
+_may_hold_bools: ContextVar[bool] = ContextVar("may_hold_bools", default=True)
+
+
+def note_body_bools(body: bytes) -> None:
+    """Record, for the current request, whether its JSON body has any ``true`` or
+    ``false`` at all; when it has none, tensors skip the scan for booleans."""
+    _may_hold_bools.set(b"true" in body or b"false" in body)
+
+
+def _holds_bool(data: list[Any], ndim: int) -> bool:
+    """Whether a regular ``ndim``-deep nested list has a boolean leaf (C-speed scan)."""
+    leaves: Any = data
+    for _ in range(ndim - 1):
+        leaves = itertools.chain.from_iterable(leaves)
+    return bool in map(type, leaves)
 
 
 def _fail(kind: str, msg: str) -> PydanticCustomError:
@@ -123,7 +141,8 @@ def _from_numbers(data: list[Any], shape: tuple[int, ...], dtype: np.dtype) -> n
         raise _fail("tensor_ragged", "tensor is ragged: its rows have different lengths") from None
     if arr.shape != shape:
         raise _fail("tensor_ragged", "tensor is ragged: its rows have different lengths")
-    if arr.dtype.kind not in "iuf":
+    # numpy reads [true, 2.0] as [1.0, 2.0]: booleans are not numbers.
+    if arr.dtype.kind not in "iuf" or (_may_hold_bools.get() and _holds_bool(data, len(shape))):
         raise _fail("tensor_values", "tensor values must all be numbers")
     with np.errstate(over="ignore"):  # overflow to float32 is reported just below
         out = arr.astype(dtype, copy=False)
@@ -207,55 +226,80 @@ def encode_tensor(arr: np.ndarray, encoding: Encoding) -> Any:
     return np.ascontiguousarray(arr)
 
 
-_NUMBER_ARRAY: dict[str, Any] = {
-    "type": "array",
-    "minItems": 1,
-    "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
-}
+def _nested_list(ndim: int, max_dim: int | None) -> dict[str, Any]:
+    """Schema of an ``ndim``-deep nested list of numbers, each level at most ``max_dim`` long."""
+    items: dict[str, Any] = {"type": "number"}
+    for _ in range(ndim):
+        items = {"type": "array", "minItems": 1, "items": items}
+        if max_dim is not None:
+            items["maxItems"] = max_dim
+    return items
 
-TENSOR_SCHEMA: dict[str, Any] = {
-    "title": "Tensor",
-    "description": (
-        "A tensor: a nested list (row-major, float64 unless the request sets `dtype`), "
-        "`{shape, dtype, data}` with flat row-major data, or `{shape, dtype, b64}` with "
-        "base64 of the little-endian C-order bytes."
-    ),
-    "anyOf": [
-        {**_NUMBER_ARRAY, "title": "NestedList"},
-        {
-            "title": "FlatTensor",
-            "type": "object",
-            "required": ["shape", "data"],
-            "additionalProperties": False,
-            "properties": {
-                "shape": {
-                    "type": "array",
-                    "items": {"type": "integer", "minimum": 1},
-                    "minItems": 1,
-                    "maxItems": MAX_NDIM,
-                },
-                "dtype": {"type": "string", "enum": list(DTYPES), "default": "float64"},
-                "data": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+
+def tensor_schema(max_elements: int | None) -> dict[str, Any]:
+    """JSON Schema of a wire tensor; with ``max_elements``, every dimension, flat ``data``
+    and ``b64`` text is bounded by it (their product is checked on arrival: a 413)."""
+    dim: dict[str, Any] = {"type": "integer", "minimum": 1}
+    data: dict[str, Any] = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+    b64: dict[str, Any] = {"type": "string", "contentEncoding": "base64"}
+    if max_elements is not None:
+        dim["maximum"] = max_elements
+        data["maxItems"] = max_elements
+        b64["maxLength"] = 4 * math.ceil(max_elements * 8 / 3)
+    shape = {"type": "array", "items": dim, "minItems": 1, "maxItems": MAX_NDIM}
+    dtype = {"type": "string", "enum": list(DTYPES), "default": "float64"}
+    return {
+        "title": "Tensor",
+        "description": (
+            "A tensor: a nested list (row-major, float64 unless the request sets `dtype`), "
+            "`{shape, dtype, data}` with flat row-major data, or `{shape, dtype, b64}` with "
+            "base64 of the little-endian C-order bytes."
+        ),
+        "anyOf": [
+            {
+                "title": "NestedList",
+                "anyOf": [_nested_list(n, max_elements) for n in range(1, MAX_NDIM + 1)],
             },
-        },
-        {
-            "title": "Base64Tensor",
-            "type": "object",
-            "required": ["shape", "b64"],
-            "additionalProperties": False,
-            "properties": {
-                "shape": {
-                    "type": "array",
-                    "items": {"type": "integer", "minimum": 1},
-                    "minItems": 1,
-                    "maxItems": MAX_NDIM,
-                },
-                "dtype": {"type": "string", "enum": list(DTYPES), "default": "float64"},
-                "b64": {"type": "string", "contentEncoding": "base64"},
+            {
+                "title": "FlatTensor",
+                "type": "object",
+                "required": ["shape", "data"],
+                "additionalProperties": False,
+                "properties": {"shape": shape, "dtype": dtype, "data": data},
             },
-        },
-    ],
-}
+            {
+                "title": "Base64Tensor",
+                "type": "object",
+                "required": ["shape", "b64"],
+                "additionalProperties": False,
+                "properties": {"shape": shape, "dtype": dtype, "b64": b64},
+            },
+        ],
+    }
+
+
+#: Marks the schema of a tensor in a request, so that :func:`bound_request_tensors` finds it.
+_INPUT_MARK = "x-cnn-input-tensor"
+
+TENSOR_SCHEMA: dict[str, Any] = {**tensor_schema(TensorLimits().max_elements), _INPUT_MARK: True}
+
+#: A tensor in a response: its size is bounded by the compute budgets, not the element limit.
+TENSOR_RESPONSE_SCHEMA: dict[str, Any] = tensor_schema(None)
+
+
+def bound_request_tensors(node: Any, max_elements: int) -> Any:
+    """Rewrite, in place, every request-tensor schema in an OpenAPI document with the
+    bounds of ``max_elements`` (the instance's ``CNN_MAX_ELEMENTS``); returns ``node``."""
+    if isinstance(node, dict):
+        if node.get(_INPUT_MARK):
+            node["anyOf"] = tensor_schema(max_elements)["anyOf"]
+        for value in node.values():
+            bound_request_tensors(value, max_elements)
+    elif isinstance(node, list):
+        for value in node:
+            bound_request_tensors(value, max_elements)
+    return node
+
 
 #: A request field holding a tensor; validates straight to ``numpy.ndarray``.
 Tensor = Annotated[np.ndarray, PlainValidator(decode_tensor), WithJsonSchema(TENSOR_SCHEMA)]

@@ -35,7 +35,21 @@ def serve(
     timeout: float = 30.0,
 ) -> Iterator[str]:
     """Start the server, wait until ``/health/ready`` answers 200, yield its base URL,
-    and stop it (SIGTERM, then SIGKILL after 10 s) on exit.
+    and stop it (SIGTERM, then SIGKILL after 10 s) on exit. The arguments are those
+    of :func:`serve_process`."""
+    with serve_process(argv, port=port, env=env, timeout=timeout) as (base_url, _):
+        yield base_url
+
+
+@contextlib.contextmanager
+def serve_process(
+    argv: Sequence[str] | None = None,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like :func:`serve`, but yield the base URL and the server process (to signal it).
 
     Parameters
     ----------
@@ -63,7 +77,7 @@ def serve(
         )
         try:
             _wait_ready(base_url, proc, timeout, log)
-            yield base_url
+            yield base_url, proc
         finally:
             proc.terminate()
             try:

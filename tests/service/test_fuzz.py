@@ -1,0 +1,63 @@
+"""Fuzzing from the OpenAPI document (schemathesis 4), over every route, in-process.
+
+The app runs with small limits (``CNN_MAX_ELEMENTS`` = 64): its OpenAPI document
+bounds every request tensor by them, so generated tensors are small enough to be
+computed, not only refused.
+
+Checks: ``not_a_server_error``, ``status_code_conformance``,
+``content_type_conformance``, ``response_schema_conformance``,
+``negative_data_rejection`` and ``positive_data_acceptance``. Two of them are told
+what the contract answers:
+
+- schema-valid data may still get a 422 or 413: JSON Schema cannot state that
+  shapes fit together (x's channels and w's), that nested lists are not ragged,
+  that b64 text is as long as its shape says, or that the product of the
+  dimensions (elements, FLOPs, working memory) stays within the limits;
+- schema-violating data may be refused with a 413 (too large) as well as a 422.
+
+Every other answer to valid data (400, 404, 405, 408, 415, 500, 503) still fails
+``positive_data_acceptance``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from service.app import create_app
+from service.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+#: Examples per operation and generation mode; about 2 minutes for all routes on 2 cores.
+MAX_EXAMPLES = 30
+
+APP = create_app(Settings(max_elements=64, max_concurrency=2, queue_timeout=5.0))
+SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
+SCHEMA.config.generation.update(
+    modes=["positive", "negative"], max_examples=MAX_EXAMPLES, database="none", deterministic=True
+)
+SCHEMA.config.checks.positive_data_acceptance.expected_statuses = ["2xx", "413", "422"]
+SCHEMA.config.checks.negative_data_rejection.expected_statuses = ["400", "413", "422"]
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+]
+
+
+@SCHEMA.parametrize()
+def test_api_conforms_to_its_openapi_document(case: schemathesis.Case) -> None:
+    case.call_and_validate(checks=CHECKS)
