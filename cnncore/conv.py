@@ -16,7 +16,17 @@ receptive field of the padded input, one column each, so that the forward pass
 is a single (batched) GEMM ``W @ cols``; ``dW`` is ``dU @ colsᵀ`` (the first
 observation), and ``dX`` is ``Wᵀ @ dU`` scattered back onto the input ("col2im",
 one strided add per kernel offset), which is the second observation written as
-a sum over kernel offsets instead of a convolution with the rotated kernel.
+a sum over kernel offsets instead of a convolution with the rotated kernel. For
+wide layers ``Wᵀ @ dU`` is computed a group of kernel rows at a time
+(:func:`_row_groups`), so that the shares never exist all at once.
+
+Not done, measured on the benchmark's stride-1 cases: an implicit GEMM (one
+``W[:, :, i, j] @ X[:, shift:shift + L]`` per kernel offset on a channel-major
+input, no im2col matrix) was not faster: 0.97-2.0x the time of this path in
+float32 (noisy runs) and 1.4x in float64. Its ``dW`` GEMMs (tiny output, very
+long inner dimension) ran at half the BLAS rate, and ``np.matmul`` cannot
+accumulate into its output, so the forward pass pays an extra pass over the
+output per kernel offset.
 
 The plain-loop twins that read like the tutorial are
 :func:`cnncore.reference.conv_forward_naive` and
@@ -146,8 +156,7 @@ def conv2d_forward(
 
     g = geom
     G, lw = g.groups, _row_len(g)
-    xbuf = _padded_buffer(x, g)
-    cols = np.ascontiguousarray(_windows(xbuf, g)).reshape(
+    cols = np.ascontiguousarray(_windows(_padded_buffer(x, g), g)).reshape(
         g.n, G, g.c // G * g.kh * g.kw, g.out_h * lw
     )
     out = np.matmul(w.reshape(G, g.f // G, -1), cols)  # (N, G, F/G, out_h * lw)
@@ -210,14 +219,17 @@ def conv2d_backward(
     # dW: the input correlated with dout, one GEMM per sample, summed over the batch.
     dw = np.matmul(d, cache.cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
 
-    # dX: Wᵀ @ dout gives every window's share; col2im adds them back in place.
-    dcols = np.matmul(w.reshape(G, g.f // G, -1).swapaxes(-1, -2), d)
-    dcols = dcols.reshape(g.n, g.c, g.kh, g.kw, g.out_h, lw)
+    # dX: Wᵀ @ dout gives every window's share; col2im adds them back in place, one
+    # strided add per kernel offset. A group of kernel rows at a time, so that the
+    # shares (KH*KW times the input) never exist all at once.
     dxbuf = np.zeros(_buffer_size(g), dtype=w.dtype)
     dwin = _windows(dxbuf, g, writeable=True)
-    for i in range(g.kh):
-        for j in range(g.kw):
-            dwin[:, :, i, j] += dcols[:, :, i, j]
+    for rows in _row_groups(g):
+        dcols = np.matmul(_kernel_rows(w, g, rows).swapaxes(-1, -2), d)
+        dcols = dcols.reshape(g.n, g.c, -1, g.kw, g.out_h, lw)
+        for k, i in enumerate(range(rows.start, rows.stop)):
+            for j in range(g.kw):
+                dwin[:, :, i, j] += dcols[:, :, k, j]
     dx = _unpad(dxbuf, g)
     return dx, dw, db
 
@@ -228,6 +240,30 @@ def conv2d_backward(
 def _row_len(g: Conv2dGeometry) -> int:
     """Length of a computed output row: the padded width when ``sw == 1``, else ``out_w``."""
     return g.w + g.pl + g.pr if g.sw == 1 else g.out_w
+
+
+_MIN_DEPTH = 128
+"""Smallest inner dimension (rows of ``Wᵀ``) of a dX GEMM worth its own call.
+
+Wide layers (``C/G * KW >= 128``, e.g. 64 channels of 3x3) take one kernel row at
+a time, which cuts their backward peak memory by the shares of the other rows
+(x(8,64,56,56)·w(64,64,3,3) float32: 146 -> 120 MB) at no measurable cost;
+narrow ones (3 input channels) keep a single GEMM, which their small ``Wᵀ`` needs
+to stay efficient.
+"""
+
+
+def _row_groups(g: Conv2dGeometry) -> list[slice]:
+    """Kernel rows whose share of dX is one GEMM ``Wᵀ @ dout``, at least ``_MIN_DEPTH`` deep."""
+    per_row = g.c // g.groups * g.kw
+    r = min(g.kh, max(1, -(-_MIN_DEPTH // per_row)))
+    return [slice(i, min(i + r, g.kh)) for i in range(0, g.kh, r)]
+
+
+def _kernel_rows(w: np.ndarray, g: Conv2dGeometry, rows: slice) -> np.ndarray:
+    """The kernel rows ``rows`` as GEMM operands: shape ``(G, F/G, C/G * len(rows) * KW)``."""
+    wg = w.reshape(g.groups, g.f // g.groups, g.c // g.groups, g.kh, g.kw)
+    return wg[:, :, :, rows].reshape(g.groups, g.f // g.groups, -1)
 
 
 def _buffer_size(g: Conv2dGeometry) -> int:

@@ -106,6 +106,13 @@ GRID = [
     pytest.param((2, 3, 8, 9), (4, 3, 3, 4), {"stride": 3}, id="not-divisible"),
     pytest.param((1, 1, 5, 5), (2, 1, 5, 5), {}, id="kernel-fills-input"),
     pytest.param((3, 2, 5, 4), (5, 2, 1, 1), {}, id="1x1"),
+    # Enough channels that the columns come in several groups of kernel rows.
+    pytest.param((2, 64, 5, 6), (3, 64, 3, 3), {"padding": 1}, id="wide-3-row-groups"),
+    pytest.param(
+        (2, 48, 7, 6), (4, 48, 3, 2), {"dilation": (2, 1), "stride": (1, 2)}, id="wide-2-row-groups"
+    ),
+    pytest.param((2, 48, 9, 8), (3, 48, 5, 3), {"stride": 2, "padding": 2}, id="wide-stride2"),
+    pytest.param((2, 128, 5, 5), (4, 64, 3, 3), {"groups": 2}, id="wide-groups2"),
 ]
 
 
