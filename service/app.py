@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.slots = ComputeSlots(
-        settings.max_concurrency, settings.queue_timeout, settings.retry_after
+        settings.max_concurrency, settings.queue_timeout, settings.retry_after, settings.queue_size
     )
     app.state.ready = True
     _openapi_with_limits(app, settings.max_elements)

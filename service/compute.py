@@ -4,6 +4,11 @@ Handlers are plain ``def`` (FastAPI runs them in its thread pool, so the event
 loop keeps answering ``/health/live`` while numpy computes). Each computation
 takes one of ``CNN_MAX_CONCURRENCY`` slots; a request that cannot get one within
 ``CNN_QUEUE_TIMEOUT`` seconds is shed with a 503 and ``Retry-After``.
+
+Before that, admission bounds how many computing requests the process holds at
+all (running, waiting, or still uploading and parsing their bodies): beyond
+``CNN_MAX_CONCURRENCY + CNN_MAX_QUEUE`` a request is refused at once, before its
+body is read, so overload costs neither time nor memory.
 """
 
 from __future__ import annotations
@@ -26,15 +31,42 @@ T = TypeVar("T")
 
 
 class ComputeSlots:
-    """At most ``size`` computations at once; waiting is bounded by ``timeout`` seconds."""
+    """At most ``size`` computations at once; waiting is bounded by ``timeout`` seconds,
+    and at most ``size + queue`` requests are admitted at once."""
 
-    def __init__(self, size: int, timeout: float, retry_after: int) -> None:
+    def __init__(self, size: int, timeout: float, retry_after: int, queue: int = 0) -> None:
         self.size = size
         self.timeout = timeout
         self.retry_after = retry_after
+        self.capacity = size + queue
         self._sem = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self.in_use = 0
+        self.admitted = 0  # touched only on the event loop: no lock needed
+
+    def _overloaded(self, detail: str) -> ApiError:
+        metrics.REJECTED.labels(limit="concurrency").inc()
+        return ApiError(503, detail, headers={"Retry-After": str(self.retry_after)})
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count a computing request from before its body is read until its response.
+
+        Raises
+        ------
+        ApiError
+            503 with ``Retry-After``, at once, when ``size + queue`` are already admitted.
+        """
+        if self.admitted >= self.capacity:
+            raise self._overloaded(
+                f"The service is at capacity ({self.capacity} computing requests); "
+                f"retry in {self.retry_after} s."
+            )
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
 
     @contextlib.contextmanager
     def acquire(self) -> Iterator[None]:
@@ -46,11 +78,8 @@ class ComputeSlots:
             503 with ``Retry-After`` when no slot frees up within the timeout.
         """
         if not self._sem.acquire(timeout=self.timeout):
-            metrics.REJECTED.labels(limit="concurrency").inc()
-            raise ApiError(
-                503,
-                f"All {self.size} computation slots are busy; retry in {self.retry_after} s.",
-                headers={"Retry-After": str(self.retry_after)},
+            raise self._overloaded(
+                f"All {self.size} computation slots are busy; retry in {self.retry_after} s."
             )
         with self._lock:
             self.in_use += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,14 +32,20 @@ class OrjsonRequest(Request):
 
 
 class OrjsonRoute(APIRoute):
-    """Route class whose handlers see :class:`OrjsonRequest`, with tensor limits applied."""
+    """Route class whose handlers see :class:`OrjsonRequest`, with tensor limits applied.
+
+    POST routes compute: they are admitted (:meth:`ComputeSlots.admit`) before their
+    body is read, so an overloaded process refuses them at once with a 503.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        computes = "POST" in (self.methods or ())
 
         async def route_handler(request: Request) -> Response:
             settings: Settings = request.app.state.settings
-            with limits_scope(TensorLimits(max_elements=settings.max_elements)):
+            admission = slots_of(request).admit() if computes else contextlib.nullcontext()
+            with admission, limits_scope(TensorLimits(max_elements=settings.max_elements)):
                 return await handler(OrjsonRequest(request.scope, request.receive))
 
         return route_handler

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Computations running at once; further requests wait for a slot.",
     )
+    max_queue: int | None = Field(
+        None,
+        ge=0,
+        description="Computing requests admitted beyond the running ones (uploading, parsing "
+        "or waiting for a slot); any more get an immediate 503 before their body is read. "
+        "Default: 4 × CNN_MAX_CONCURRENCY.",
+    )
     queue_timeout: float = Field(
         2.0, ge=0, description="Seconds a request waits for a computation slot before a 503."
     )
@@ -61,6 +68,11 @@ class Settings(BaseSettings):
         "stop routing here first).",
     )
 
+    @property
+    def queue_size(self) -> int:
+        """``max_queue``, or its default of 4 × ``max_concurrency``."""
+        return 4 * self.max_concurrency if self.max_queue is None else self.max_queue
+
     def limits(self) -> dict[str, float | int]:
         """The limits in force, as ``/v1/info`` reports them."""
         return {
@@ -69,6 +81,7 @@ class Settings(BaseSettings):
             "max_flops": self.max_flops,
             "max_request_bytes": self.max_request_bytes,
             "max_concurrency": self.max_concurrency,
+            "max_queue": self.queue_size,
             "queue_timeout": self.queue_timeout,
             "body_timeout": self.body_timeout,
         }
