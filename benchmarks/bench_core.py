@@ -1,17 +1,20 @@
 """Speed of the cnncore layers, forward + backward, against the plain loops and PyTorch.
 
-Each row of :data:`CASES` is one layer call on fixed shapes. For every case and
-dtype the script times the fast path (median of ``--repeat`` runs), the plain-loop
-reference from :mod:`cnncore.reference` once (only for rows marked affordable),
-and PyTorch CPU at the same thread count as numpy's BLAS (when ``torch`` is
-importable; it is never a dependency of the project), then prints a Markdown
-table with the ratios and the peak memory (tracemalloc) of one fast call.
+Each row of :data:`CASES` is one layer call (conv2d or pool2d) on fixed shapes,
+with the issue's targets. For every case and dtype the script times the fast
+path and PyTorch CPU (at numpy's BLAS thread count, when ``torch`` is importable;
+it is never a dependency of the project) *alternately*, so both see the same
+load, and keeps the minimum of ``--repeat`` runs of each (the least disturbed
+one, on a shared machine). The plain-loop reference from :mod:`cnncore.reference`
+runs once, on rows where that is affordable. It prints a Markdown table with the
+ratios, the peak memory (tracemalloc) of one fast call, and PASS/FAIL against
+each row's target.
 
 Usage::
 
-    python -m benchmarks.bench_core                  # both dtypes, 7 repeats
-    python benchmarks/bench_core.py --dtype float32 --repeat 11
-    python -m benchmarks.bench_core --quick          # small cases, 3 repeats
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_core
+    python -m benchmarks.bench_core --quick          # small cases, 5 repeats
+    python benchmarks/bench_core.py --filter pool --repeat 30
 
 Environment variables such as ``OPENBLAS_CORETYPE`` change which BLAS kernel runs;
 the header reports the kernel in use (via threadpoolctl when installed).
@@ -25,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 import tracemalloc
@@ -38,7 +40,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `cnncore` importable from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnncore import conv2d_backward, conv2d_forward, reference
+from cnncore import conv2d_backward, conv2d_forward, pool2d_backward, pool2d_forward, reference
 
 Runner = Callable[[], object]
 
@@ -53,16 +55,46 @@ class Runners:
 
 
 @dataclass(frozen=True)
+class Target:
+    """What a row must reach: fast/torch at most ``max_vs_torch`` (per dtype), and
+    fast at least ``min_vs_reference`` times faster than the reference, if set."""
+
+    max_vs_torch: dict[str, float]
+    min_vs_reference: float | None = None
+
+    def describe(self, dtype: str) -> str:
+        parts = [f"<={self.max_vs_torch[dtype]:g}x torch"]
+        if self.min_vs_reference is not None:
+            parts.append(f">={self.min_vs_reference:g}x ref")
+        return ", ".join(parts)
+
+    def verdict(self, dtype: str, vs_torch: float | None, vs_reference: float | None) -> str:
+        if vs_torch is None or (self.min_vs_reference is not None and vs_reference is None):
+            return "n/a"
+        ok = vs_torch <= self.max_vs_torch[dtype]
+        if self.min_vs_reference is not None and vs_reference is not None:
+            ok = ok and vs_reference >= self.min_vs_reference
+        return "PASS" if ok else "FAIL"
+
+
+@dataclass(frozen=True)
 class Case:
-    """One benchmark row: a name, whether it is small, and how to build its runners."""
+    """One benchmark row per dtype: a name, its target, and how to build its runners."""
 
     name: str
     quick: bool
+    target: Target
     setup: Callable[[np.random.Generator, np.dtype, Any], Runners]
     """``setup(rng, dtype, torch_or_None) -> Runners``."""
 
+    @property
+    def dtypes(self) -> list[str]:
+        return list(self.target.max_vs_torch)
+
 
 # --------------------------------------------------------------------------- convolution
+
+CONV_TARGET = {"float64": 1.0, "float32": 2.0}
 
 
 def conv_case(
@@ -71,10 +103,11 @@ def conv_case(
     *,
     stride: int = 1,
     pad: int = 0,
-    with_reference: bool = False,
+    min_vs_reference: float | None = None,
     quick: bool = False,
 ) -> Case:
-    """A conv2d forward + backward row (with bias)."""
+    """A conv2d forward + backward row (with bias); the reference runs when a
+    ``min_vs_reference`` target is set."""
     n, c, h, w = x_shape
     f, _, kh, kw = w_shape
     name = f"conv x({n},{c},{h},{w}) w({f},{c},{kh},{kw}) s{stride} p{pad}"
@@ -96,11 +129,11 @@ def conv_case(
 
         return Runners(
             fast=fast,
-            reference=ref if with_reference else None,
+            reference=None if min_vs_reference is None else ref,
             torch=None if torch is None else _torch_conv(torch, x, wt, b, dout, stride, pad),
         )
 
-    return Case(name, quick, setup)
+    return Case(name, quick, Target(CONV_TARGET, min_vs_reference), setup)
 
 
 def _torch_conv(
@@ -119,28 +152,89 @@ def _torch_conv(
     return run
 
 
+# --------------------------------------------------------------------------- pooling
+
+POOL_TARGET = {"float64": 3.0}
+
+
+def pool_case(
+    x_shape: tuple[int, int, int, int], kernel: int, stride: int, mode: str, *, quick: bool = False
+) -> Case:
+    """A pool2d forward + backward row (float64), with the reference loops."""
+    n, c, h, w = x_shape
+    name = f"pool {mode} {kernel}x{kernel} s{stride} x({n},{c},{h},{w})"
+    param = {"pool_height": kernel, "pool_width": kernel, "stride": stride}
+    naive_forward = getattr(reference, f"{mode}_pool_forward_naive")
+    naive_backward = getattr(reference, f"{mode}_pool_backward_naive")
+
+    def setup(rng: np.random.Generator, dtype: np.dtype, torch: Any) -> Runners:
+        x = rng.standard_normal(x_shape).astype(dtype)
+        out, _ = pool2d_forward(x, kernel_size=kernel, stride=stride, mode=mode)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+
+        def fast() -> object:
+            _, cache = pool2d_forward(x, kernel_size=kernel, stride=stride, mode=mode)
+            return pool2d_backward(dout, cache)
+
+        def ref() -> object:
+            _, cache = naive_forward(x, param)
+            return naive_backward(dout, cache)
+
+        return Runners(
+            fast=fast,
+            reference=ref,
+            torch=None if torch is None else _torch_pool(torch, x, dout, kernel, stride, mode),
+        )
+
+    return Case(name, quick, Target(POOL_TARGET), setup)
+
+
+def _torch_pool(
+    torch: Any, x: np.ndarray, dout: np.ndarray, kernel: int, stride: int, mode: str
+) -> Runner:
+    tx = torch.from_numpy(x.copy()).requires_grad_()
+    tdout = torch.from_numpy(dout)
+    pool = getattr(torch.nn.functional, f"{mode}_pool2d")
+
+    def run() -> object:
+        tx.grad = None
+        pool(tx, kernel, stride).backward(tdout)
+        return tx.grad
+
+    return run
+
+
 # --------------------------------------------------------------------------- the table
 
 CASES: list[Case] = [
-    conv_case((100, 3, 31, 31), (25, 3, 3, 3), stride=2, pad=1, with_reference=True, quick=True),
+    conv_case((100, 3, 31, 31), (25, 3, 3, 3), stride=2, pad=1, min_vs_reference=100, quick=True),
     conv_case((16, 32, 32, 32), (64, 32, 3, 3), stride=1, pad=1, quick=True),
     conv_case((8, 64, 56, 56), (64, 64, 3, 3), stride=1, pad=1),
     conv_case((8, 3, 224, 224), (64, 3, 7, 7), stride=2, pad=3),
+    pool_case((100, 3, 32, 32), 2, 2, "max", quick=True),
+    pool_case((32, 64, 56, 56), 3, 2, "max"),
+    pool_case((32, 64, 56, 56), 2, 2, "avg"),
 ]
 
 
 # --------------------------------------------------------------------------- measurement
 
 
-def median_ms(run: Runner, repeat: int) -> float:
-    """Median wall time of ``repeat`` calls, after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def min_ms(runs: list[Runner], repeat: int) -> list[float]:
+    """Minimum wall time of ``repeat`` calls of each runner, in ms.
+
+    One warm-up call each, then the runners take turns (a, b, a, b, ...) so that
+    all of them see the same load; the minimum is the least disturbed run.
+    """
+    for run in runs:
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    best = [float("inf")] * len(runs)
+    for _ in range(repeat):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [t * 1e3 for t in best]
 
 
 def once_ms(run: Runner) -> float:
@@ -191,18 +285,18 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=7, help="timed runs per case (median)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=15, help="timed runs per case (minimum)")
     parser.add_argument(
         "--dtype", choices=["float32", "float64", "both"], default="both", help="dtypes to run"
     )
-    parser.add_argument("--quick", action="store_true", help="small cases only, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="small cases only, 5 repeats")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--no-reference", action="store_true", help="skip the plain loops")
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     args = parser.parse_args(argv)
 
-    repeat = 3 if args.quick else args.repeat
-    dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
+    repeat = 5 if args.quick else args.repeat
     cases = [c for c in CASES if (c.quick or not args.quick) and args.filter in c.name]
 
     blas, threads = blas_info()
@@ -221,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         "torch: "
         + ("not installed" if torch is None else f"{torch.__version__}, {threads} threads")
     )
-    print(f"median of {repeat} runs (forward + backward); reference timed once\n")
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average at start (1/5/15 min): {load}")
+    print(
+        f"minimum of {repeat} runs (forward + backward), fast and torch alternating; "
+        "reference timed once\n"
+    )
     header = [
         "case",
         "dtype",
@@ -231,25 +330,36 @@ def main(argv: list[str] | None = None) -> int:
         "fast/torch",
         "vs reference",
         "peak MB",
+        "target",
+        "result",
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rng = np.random.default_rng(0)
     for case in cases:
-        for dtype in dtypes:
+        for dtype in case.dtypes:
+            if args.dtype not in ("both", dtype):
+                continue
             runners = case.setup(rng, np.dtype(dtype), torch)
-            fast = median_ms(runners.fast, repeat)
-            ref = None if runners.reference is None else once_ms(runners.reference)
-            tor = None if runners.torch is None else median_ms(runners.torch, repeat)
+            timed = [runners.fast] + ([] if runners.torch is None else [runners.torch])
+            fast, *rest = min_ms(timed, repeat)
+            tor = rest[0] if rest else None
+            ref = None
+            if runners.reference is not None and not args.no_reference:
+                ref = once_ms(runners.reference)
+            vs_torch = None if tor is None else fast / tor
+            vs_ref = None if ref is None else ref / fast
             row = [
                 case.name,
                 dtype,
                 fmt(fast),
                 fmt(ref),
                 fmt(tor),
-                fmt(None if tor is None else fast / tor, ".2f"),
-                "n/a" if ref is None else f"{ref / fast:.0f}x",
+                fmt(vs_torch, ".2f"),
+                "n/a" if vs_ref is None else f"{vs_ref:.0f}x",
                 fmt(peak_mb(runners.fast)),
+                case.target.describe(dtype),
+                case.target.verdict(dtype, vs_torch, vs_ref),
             ]
             print("| " + " | ".join(row) + " |", flush=True)
     return 0
