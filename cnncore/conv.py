@@ -32,7 +32,12 @@ The plain-loop twins that read like the tutorial are
 :func:`cnncore.reference.conv_forward_naive` and
 :func:`cnncore.reference.conv_backward_naive`.
 
-Layout of the columns. ``cols`` has shape ``(N, G, C/G * KH * KW, out_h * L)``:
+The bias is one more column of ``W`` against a row of ones appended to ``cols``,
+so the forward GEMM adds it and the ``dW`` GEMM returns ``db`` as its last column
+(no separate pass over the output for either).
+
+Layout of the columns. ``cols`` has shape ``(N, G, C/G * KH * KW, out_h * L)``
+(plus the row of ones):
 the batch stays outermost so that the GEMM output is already ``(N, F, ...)``
 and needs no transpose. When the horizontal stride is 1, each output row is
 computed ``L = Wp`` (padded width) wide instead of ``out_w`` wide: a window
@@ -66,8 +71,9 @@ class Conv2dCache:
     geom
         The resolved geometry (shapes, stride, padding, dilation, groups).
     cols
-        The im2col matrix, shape ``(N, G, C/G * KH * KW, out_h * L)``; kept so the
-        backward pass does not rebuild it (it is ``KH*KW`` times the input's size).
+        The im2col matrix, shape ``(N, G, C/G * KH * KW + bias, out_h * L)``, whose
+        last row is ones when there is a bias; kept so the backward pass does not
+        rebuild it (it is ``KH*KW`` times the input's size).
     w
         The weight in the computation's dtype, shape ``(F, C/G, KH, KW)``.
     has_bias
@@ -156,15 +162,22 @@ def conv2d_forward(
 
     g = geom
     G, lw = g.groups, _row_len(g)
-    cols = np.ascontiguousarray(_windows(_padded_buffer(x, g), g)).reshape(
-        g.n, G, g.c // G * g.kh * g.kw, g.out_h * lw
-    )
-    out = np.matmul(w.reshape(G, g.f // G, -1), cols)  # (N, G, F/G, out_h * lw)
+    # The bias rides in the GEMM (see the module docstring).
+    k = g.c // G * g.kh * g.kw
+    cols = np.empty((g.n, G, k + (b is not None), g.out_h * lw), dtype=dtype)
+    windows = _windows(_padded_buffer(x, g), g)
+    shape = (g.n, G, g.c // G, *windows.shape[2:])  # (N, G, C/G, KH, KW, out_h, L)
+    receptive = cols[:, :, :k].reshape(shape)
+    assert np.may_share_memory(receptive, cols)  # a view: only the K axis was split
+    receptive[...] = windows.reshape(shape)
+    wmat = w.reshape(G, g.f // G, k)
+    if b is not None:
+        cols[:, :, k] = 1
+        wmat = np.concatenate([wmat, b.reshape(G, g.f // G, 1)], axis=-1)
+    out = np.matmul(wmat, cols)  # (N, G, F/G, out_h * lw)
     out = out.reshape(g.n, g.f, g.out_h, lw)
     if lw != g.out_w:
         out = np.ascontiguousarray(out[..., : g.out_w])
-    if b is not None:
-        out += b.reshape(g.f, 1, 1)
     return out, Conv2dCache(geom=g, cols=cols, w=w, has_bias=b is not None)
 
 
@@ -208,7 +221,6 @@ def conv2d_backward(
     dout = check_dout(dout, g.output_shape, w.dtype)
     G, lw = g.groups, _row_len(g)
 
-    db = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None
     if lw != g.out_w:
         # Junk columns get a zero gradient, so they add nothing below.
         wide = np.zeros((g.n, g.f, g.out_h, lw), dtype=w.dtype)
@@ -216,8 +228,12 @@ def conv2d_backward(
         dout = wide
     d = dout.reshape(g.n, G, g.f // G, g.out_h * lw)
 
-    # dW: the input correlated with dout, one GEMM per sample, summed over the batch.
-    dw = np.matmul(d, cache.cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
+    # dW: the input correlated with dout, one GEMM per sample, summed over the batch;
+    # with a bias, the row of ones in the columns makes the last column db.
+    k = g.c // G * g.kh * g.kw
+    dwb = np.matmul(d, cache.cols.swapaxes(-1, -2)).sum(axis=0)  # (G, F/G, k [+ 1])
+    dw = dwb[..., :k].reshape(w.shape)
+    db = dwb[..., k].reshape(g.f) if cache.has_bias else None
 
     # dX: Wᵀ @ dout gives every window's share; col2im adds them back in place, one
     # strided add per kernel offset. A group of kernel rows at a time, so that the
