@@ -20,7 +20,8 @@ the window, never over pixels. Where windows may run past the input (padding,
   which adds overlapping windows' contributions (measured: writing the tiled case
   cell by cell is ~4x faster than ``argmax`` over a transposed window copy on
   ``(100, 3, 32, 32)``, and ``bincount`` beats a per-cell ``+=`` for overlaps);
-- average: forward sums the cell views and divides by the window's count;
+- average: forward sums the window's columns, then its rows (separable, fewer
+  passes than summing the cell views), and divides by the window's count;
   backward spreads ``dout / count`` over them (written when the windows tile the
   input, added otherwise).
 
@@ -274,11 +275,15 @@ def _max_backward(dout: np.ndarray, g: Pool2dGeometry, first: np.ndarray) -> np.
 
 
 def _avg_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    # The window sum is separable: over its columns for every input row, then over
+    # its rows. KW + KH strided passes instead of KH * KW, each over fewer values.
     xp = _pad(x, g, 0.0)
-    offsets = _offsets(g)
-    out = _cell(xp, g, 0, 0).copy()
-    for a, b in offsets[1:]:
-        out += _cell(xp, g, a, b)
+    cols = xp[..., : g.sw * (g.out_w - 1) + 1 : g.sw].copy()
+    for b in range(1, g.kw):
+        cols += xp[..., b : b + g.sw * (g.out_w - 1) + 1 : g.sw]
+    out = cols[:, :, : g.sh * (g.out_h - 1) + 1 : g.sh].copy()
+    for a in range(1, g.kh):
+        out += cols[:, :, a : a + g.sh * (g.out_h - 1) + 1 : g.sh]
     out /= _divisor(g, x.dtype)
     return out
 
