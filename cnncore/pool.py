@@ -10,9 +10,14 @@ of the input (:func:`_cell`), so each op is a loop over the ``KH * KW`` cells of
 the window, never over pixels. Where windows may run past the input (padding,
 ``ceil_mode``) the input is padded once first (``-inf`` for max, zeros for average).
 
-- max forward: a running ``np.maximum`` over the cells, then each window's first
+- max forward: separable, like the average: a running ``np.maximum`` over the
+  window's columns for every input row, then over its rows. Each window's first
   maximum (its cell index in row-major order, as ``np.argmax`` of the flattened
-  window) by comparing each cell with the maximum; no copy of the windows;
+  window) is the first maximum of the first window row that holds the maximum,
+  found at both stages by comparing the cells with the maximum. No copy of the
+  windows. (Against one ``np.maximum`` per window cell: max 3x3/2 on
+  ``(32, 64, 56, 56)`` 88-95 -> 62-64 ms, max 2x2/2 on ``(100, 3, 32, 32)``
+  1.5 -> 1.8 ms; one path for both.)
 - max backward: when the windows tile the input exactly (stride = kernel, no
   padding, sizes divisible: the ``x.reshape(N, C, H', KH, W', KW)`` case), each
   input cell belongs to one window and is *written* once per cell view; otherwise
@@ -221,12 +226,27 @@ def _divisor(g: Pool2dGeometry, dtype: np.dtype) -> np.ndarray:
 
 
 def _max_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
+    # Separable, like the average: the maximum (and first maximum) over each
+    # window row's columns for every input row, then over the window's rows. The
+    # first maximum in row-major order is in the first row holding the maximum.
     xp = _pad(x, g, -np.inf)
-    cells = [_cell(xp, g, a, b) for a, b in _offsets(g)]
-    out = cells[0].copy()
-    for cell in cells[1:]:
+    col_cells = [xp[..., b : b + g.sw * (g.out_w - 1) + 1 : g.sw] for b in range(g.kw)]
+    row_max = col_cells[0].copy()
+    for cell in col_cells[1:]:
+        np.maximum(row_max, cell, out=row_max)
+    row_first = _first_max(col_cells, row_max)  # column of each row's first maximum
+    row_cells = [row_max[:, :, a : a + g.sh * (g.out_h - 1) + 1 : g.sh] for a in range(g.kh)]
+    out = row_cells[0].copy()
+    for cell in row_cells[1:]:
         np.maximum(out, cell, out=out)
-    return out, _first_max(cells, out)
+    a = _first_max(row_cells, out)  # window row of the first maximum
+    dtype = np.min_scalar_type(g.kh * g.kw - 1)
+    cols = [row_first[:, :, i : i + g.sh * (g.out_h - 1) + 1 : g.sh] for i in range(g.kh)]
+    first = cols[0].astype(dtype)  # the first maximum's column in row a
+    for i in range(1, g.kh):
+        np.copyto(first, cols[i], where=a == i)
+    first += a.astype(dtype) * dtype.type(g.kw)
+    return out, first
 
 
 def _first_max(cells: list[np.ndarray], out: np.ndarray) -> np.ndarray:

@@ -113,6 +113,7 @@ GRID = [
     pytest.param((2, 2), 2, 0, True, True, 6, 8, id="k2-tiles-ceil-exact"),
     pytest.param((3, 3), None, 0, True, True, 7, 8, id="k3-s3-ceil-partial"),
     pytest.param((3, 2), None, 0, False, True, 10, 7, id="k3x2-crop"),
+    pytest.param((16, 17), (1, 2), 0, False, True, 17, 20, id="k16x17-272-cells"),
 ]
 
 
