@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
+from cnncore import conv as conv_module
 from cnncore.conv import conv2d_backward, conv2d_forward
 from cnncore.gradcheck import numerical_gradient, relative_error
 from tests.helpers import assert_close
@@ -175,6 +176,44 @@ def test_matches_reference_without_bias(
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(w_shape)
     check_against_reference(x, w, None, kwargs, rng)
+
+
+# Batches of 3 and 5 samples cut into chunks of one, two or three samples (the
+# chunk's shares fill ``_SHARE_BYTES``; float64 shares of these layers are 8 bytes
+# a value), including a short last chunk.
+CHUNKED = [
+    pytest.param((5, 3, 9, 8), (4, 3, 3, 3), {"stride": 2, "padding": 1}, 1, id="stride2-by-1"),
+    pytest.param((5, 3, 9, 9), (4, 3, 3, 3), {"stride": 2, "padding": 1}, 2, id="stride2-by-2"),
+    pytest.param((3, 4, 8, 9), (6, 2, 3, 2), {"groups": 2, "dilation": 2}, 2, id="groups-dil-by-2"),
+    pytest.param((5, 2, 7, 7), (2, 2, 2, 3), {"padding": (1, 0, 2, 1)}, 3, id="pad4-by-3"),
+    pytest.param((3, 48, 7, 6), (4, 48, 3, 2), {"dilation": (2, 1)}, 1, id="row-groups-by-1"),
+]
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs", "chunk"), CHUNKED)
+def test_matches_reference_in_sample_chunks(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    chunk: int,
+    with_bias: bool,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Size the budget from the largest per-sample share (the forward's columns,
+    # every kernel row), so that the forward pass and each dX row group chunk too.
+    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
+    rows = slice(0, geom.kh)
+    per_sample = conv_module._sample_chunks(geom, rows, 1)[0].stop
+    assert per_sample == geom.n  # the default budget holds the whole batch
+    one = geom.c * geom.kh * geom.kw * geom.out_h * conv_module._row_len(geom) * 8
+    monkeypatch.setattr(conv_module, "_SHARE_BYTES", chunk * one)
+    assert conv_module._sample_chunks(geom, rows, 8)[0] == slice(0, chunk)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if with_bias else None
+    check_against_reference(x, w, b, kwargs, rng)
 
 
 def test_integer_input_becomes_float64(rng: np.random.Generator) -> None:
