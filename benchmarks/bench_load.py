@@ -267,6 +267,7 @@ async def run_workers(workers: int, args: argparse.Namespace, failures: list[str
         "CNN_WORKERS": str(workers),
         "CNN_LOG_LEVEL": "warning",
         "CNN_MAX_CONCURRENCY": str(slots),
+        "CNN_MAX_QUEUE": str(args.queue),
         "CNN_QUEUE_TIMEOUT": str(args.queue_timeout),
     }
     rng = np.random.default_rng(0)
@@ -278,7 +279,9 @@ async def run_workers(workers: int, args: argparse.Namespace, failures: list[str
         return random.choice(templates)
 
     with serve_process(env=env) as (url, proc):
-        print(f"\n== {workers} worker(s), {slots} slot(s) per worker")
+        print(
+            f"\n== {workers} worker(s), {slots} slot(s) and {args.queue} queue place(s) per worker"
+        )
         print(HEADER)
         rss_start = rss_mib(proc)
         await drive(url, 4, 2.0, mixed)  # warm-up
@@ -346,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--soak", type=float, default=0.0, help="soak seconds (0: skip)")
     parser.add_argument("--slots", type=int, default=2, help="CNN_MAX_CONCURRENCY")
+    parser.add_argument("--queue", type=int, default=2, help="CNN_MAX_QUEUE")
     parser.add_argument("--queue-timeout", type=float, default=0.1, help="CNN_QUEUE_TIMEOUT")
     args = parser.parse_args(argv)
     failures: list[str] = []
