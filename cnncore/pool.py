@@ -74,7 +74,8 @@ def pool2d_forward(
         Step between windows; ``None`` means ``kernel_size``.
     padding : int or (int, int)
         Symmetric padding ``(PH, PW)``, at most half the kernel. Max pooling pads
-        with ``-inf``, average pooling with zeros.
+        with ``-inf`` (a padding cell is never a window's maximum, even against
+        an input of ``-inf``), average pooling with zeros.
     mode : {"max", "avg"}
     ceil_mode : bool
         Use the ceiling instead of the floor for the output size (a last, partial
@@ -246,7 +247,26 @@ def _max_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarr
     for i in range(1, g.kh):
         np.copyto(first, cols[i], where=a == i)
     first += a.astype(dtype) * dtype.type(g.kw)
+    if g.ph or g.pw:
+        _skip_leading_padding(first, out, g)
     return out, first
+
+
+def _skip_leading_padding(first: np.ndarray, out: np.ndarray, g: Pool2dGeometry) -> None:
+    """Move the first maximum of all -inf windows from a padding cell to an input cell.
+
+    The ``-inf`` padding ties with an input of ``-inf``, but padding is not input:
+    as in PyTorch, such a window's maximum is its first *input* cell, the top-left
+    corner of the input rectangle the window covers (trailing padding comes after it
+    in row-major order, so only the leading padding needs this).
+    """
+    all_inf = np.isneginf(out)
+    if not all_inf.any():
+        return
+    top = np.maximum(g.ph - np.arange(g.out_h) * g.sh, 0)
+    left = np.maximum(g.pw - np.arange(g.out_w) * g.sw, 0)
+    corner = np.add.outer(top * g.kw, left).astype(first.dtype)
+    np.copyto(first, np.broadcast_to(corner, first.shape), where=all_inf)
 
 
 def _first_max(cells: list[np.ndarray], out: np.ndarray) -> np.ndarray:

@@ -199,6 +199,34 @@ def test_nan_takes_the_window_and_its_gradient(kernel: Any, stride: Any) -> None
     np.testing.assert_array_equal(dx, reference.max_pool_backward_naive(dout, ref_cache))
 
 
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "ceil_mode"),
+    [
+        pytest.param(2, 1, 1, False, id="k2-s1-pad1"),
+        pytest.param(3, 2, 1, True, id="k3-s2-pad1-ceil"),
+        pytest.param((3, 2), (2, 1), (1, 0), False, id="k3x2-pad-rows-only"),
+        pytest.param((2, 3), (1, 2), (0, 1), False, id="k2x3-pad-cols-only"),
+    ],
+)
+def test_minus_inf_windows_send_gradient_to_first_input_cell(
+    kernel: Any, stride: Any, padding: Any, ceil_mode: bool
+) -> None:
+    # Padding is not input: a window whose input cells are all -inf ties only among
+    # those cells (as in PyTorch), so no gradient is lost to a padding cell.
+    x = np.full((1, 2, 4, 5), -np.inf)
+    x[0, 1, 2:, 3:] = 1.0  # some windows also hold a finite maximum
+    param = pool_param(np.broadcast_to(kernel, 2), stride, pad=padding, ceil_mode=ceil_mode)
+    expected, ref_cache = reference.max_pool_forward_naive(x, param)
+    out, cache = pool2d_forward(
+        x, kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode
+    )
+    np.testing.assert_array_equal(out, expected)
+    dout = np.arange(1.0, out.size + 1).reshape(out.shape)
+    dx = pool2d_backward(dout, cache)
+    np.testing.assert_array_equal(dx, reference.max_pool_backward_naive(dout, ref_cache))
+    assert dx.sum() == dout.sum()
+
+
 def test_integer_input_becomes_float64() -> None:
     out, cache = pool2d_forward(np.arange(16).reshape(1, 1, 4, 4), kernel_size=2)
     np.testing.assert_array_equal(out[0, 0], [[5, 7], [13, 15]])
