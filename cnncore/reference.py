@@ -29,7 +29,9 @@ Optional keys, so the fast paths can be tested over their whole parameter grid
 - ``pool_param``: ``'pad'`` (default 0), ``'ceil_mode'`` (default False),
   ``'count_include_pad'`` (default True, average pooling only), as in PyTorch.
 
-The arithmetic runs in float64, except when every array is float32.
+dtypes follow the contract: the arithmetic runs in float32 when every array is
+float32, else in float64 (integer and bool arrays count as float64); the backward
+passes return the forward pass's dtype.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, pool2d_geometry
+from .validation import as_float_array, common_dtype
 
 # --------------------------------------------------------------------------- convolution
 
@@ -58,8 +61,12 @@ def _conv_geometry(
     )
 
 
-def _conv_dtype(*arrays: np.ndarray | None) -> np.dtype:
-    return np.result_type(*(a for a in arrays if a is not None), np.float32)
+def _conv_dtype(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.dtype:
+    return common_dtype(
+        as_float_array(x, "x"),
+        as_float_array(w, "w"),
+        as_float_array(b, "b") if b is not None else None,
+    )
 
 
 def conv_forward_naive(
@@ -130,7 +137,8 @@ def conv_backward_naive(
     """
     x, w, b, conv_param = cache
     g = _conv_geometry(x, w, b, conv_param)
-    dtype = _conv_dtype(x, w, b, dout)
+    dtype = _conv_dtype(x, w, b)
+    dout = np.asarray(dout, dtype=dtype)
     xpad = np.pad(x.astype(dtype), ((0, 0), (0, 0), (g.pt, g.pb), (g.pl, g.pr)))
     dxpad = np.zeros_like(xpad)
     dw = np.zeros(w.shape, dtype=dtype)
@@ -193,7 +201,7 @@ def _pool_windows(g: Pool2dGeometry) -> Iterator[tuple[int, int, slice, slice, i
 
 
 def _pool_dtype(x: np.ndarray) -> np.dtype:
-    return np.result_type(x, np.float32)
+    return as_float_array(x, "x").dtype
 
 
 def max_pool_forward_naive(
@@ -250,7 +258,7 @@ def max_pool_backward_naive(
     """
     x, pool_param = cache
     g = _pool_geometry(x.shape, pool_param, "max")
-    dx = np.zeros(x.shape, dtype=np.result_type(_pool_dtype(x), dout))
+    dx = np.zeros(x.shape, dtype=_pool_dtype(x))
     for j, k, rows, cols, _ in _pool_windows(g):
         square = x[:, :, rows, cols]
         flat = square.reshape(g.n, g.c, -1)
@@ -315,7 +323,7 @@ def avg_pool_backward_naive(
     """
     x, pool_param = cache
     g = _pool_geometry(x.shape, pool_param, "avg")
-    dx = np.zeros(x.shape, dtype=np.result_type(_pool_dtype(x), dout))
+    dx = np.zeros(x.shape, dtype=_pool_dtype(x))
     for j, k, rows, cols, count in _pool_windows(g):
         dx[:, :, rows, cols] += (dout[:, :, j, k] / count)[:, :, None, None]
     return dx

@@ -99,3 +99,40 @@ def test_pool_output_size_uses_floor_division() -> None:
         np.zeros((1, 1, 7, 6)), {"pool_height": 2, "pool_width": 2, "stride": 2}
     )
     assert out.shape == (1, 1, 3, 3)
+
+
+# Integer and bool arrays become float64, whatever the other arrays' dtype (as in cnncore).
+DTYPE_CASES = [
+    pytest.param(np.float32, np.float32, np.float32, id="f32-f32"),
+    pytest.param(np.float32, np.float64, np.float64, id="f32-f64"),
+    pytest.param(np.int8, np.float32, np.float64, id="int8-f32"),
+    pytest.param(np.bool_, np.float32, np.float64, id="bool-f32"),
+    pytest.param(np.float32, np.uint8, np.float64, id="f32-uint8"),
+]
+
+
+@pytest.mark.parametrize(("x_dtype", "w_dtype", "expected"), DTYPE_CASES)
+def test_conv_dtype_follows_the_contract(x_dtype: Any, w_dtype: Any, expected: Any) -> None:
+    x, w = np.ones((1, 1, 3, 3), dtype=x_dtype), np.ones((2, 1, 2, 2), dtype=w_dtype)
+    out, cache = reference.conv_forward_naive(x, w, None, {"stride": 1, "pad": 0})
+    dx, dw, _ = reference.conv_backward_naive(np.ones(out.shape, dtype=np.float32), cache)
+    assert out.dtype == dx.dtype == dw.dtype == expected
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize(
+    ("x_dtype", "expected"),
+    [
+        pytest.param(np.float32, np.float32, id="f32"),
+        pytest.param(np.float64, np.float64, id="f64"),
+        pytest.param(np.int8, np.float64, id="int8"),
+        pytest.param(np.bool_, np.float64, id="bool"),
+    ],
+)
+def test_pool_dtype_follows_the_contract(kind: str, x_dtype: Any, expected: Any) -> None:
+    forward = getattr(reference, f"{kind}_pool_forward_naive")
+    backward = getattr(reference, f"{kind}_pool_backward_naive")
+    param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+    out, cache = forward(np.ones((1, 1, 4, 4), dtype=x_dtype), param)
+    dx = backward(np.ones(out.shape, dtype=np.float64), cache)  # dout takes x's dtype
+    assert out.dtype == dx.dtype == expected
