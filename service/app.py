@@ -150,7 +150,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
 
 def _openapi_with_limits(app: FastAPI, max_elements: int) -> None:
     """The OpenAPI document states this instance's element limit on every request tensor,
-    and the answers of :class:`BodyLimitMiddleware` (408, 413) on every route with a body."""
+    and on every route with a body the answers of :class:`BodyLimitMiddleware` (408, 413)
+    and of :func:`routing.require_json` (415)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -158,7 +159,7 @@ def _openapi_with_limits(app: FastAPI, max_elements: int) -> None:
             spec = bound_request_tensors(build(), max_elements)
             body_problems = {
                 str(status): {"description": doc["description"], "content": doc["content"]}
-                for status, doc in problem_responses(408, 413).items()
+                for status, doc in problem_responses(408, 413, 415).items()
             }
             for path in spec["paths"].values():
                 for op in path.values():

@@ -141,7 +141,7 @@ def _clip_loc(loc: Loc) -> list[str | int]:
 
 
 def _loc_text(loc: Loc) -> str:
-    return ".".join(str(p) for p in loc)
+    return ".".join(str(p) for p in _clip_loc(loc))
 
 
 _PRIMITIVE_TAGS = {"int", "str", "bool", "float", "list", "dict", "none", "tuple"}
@@ -232,6 +232,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Malformed JSON.",
         408: "The request body arrived too slowly.",
         413: "Body, tensor, compute or memory budget too large.",
+        415: "The body is not JSON (send Content-Type: application/json).",
         422: "Invalid values, or shapes that do not fit together.",
         503: "Overloaded: every computation slot is busy. Retry after `Retry-After` seconds.",
     }

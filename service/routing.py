@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from .compute import ComputeSlots
+from .problems import ApiError
 from .settings import Settings
 from .tensors import TensorLimits, limits_scope, note_body_bools
 
@@ -34,8 +35,9 @@ class OrjsonRequest(Request):
 class OrjsonRoute(APIRoute):
     """Route class whose handlers see :class:`OrjsonRequest`, with tensor limits applied.
 
-    POST routes compute: they are admitted (:meth:`ComputeSlots.admit`) before their
-    body is read, so an overloaded process refuses them at once with a 503.
+    POST routes compute: a body that is not JSON is refused with a 415, and they are
+    admitted (:meth:`ComputeSlots.admit`) before their body is read, so an overloaded
+    process refuses them at once with a 503.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -44,11 +46,35 @@ class OrjsonRoute(APIRoute):
 
         async def route_handler(request: Request) -> Response:
             settings: Settings = request.app.state.settings
+            if computes:
+                require_json(request.headers.get("content-type"))
             admission = slots_of(request).admit() if computes else contextlib.nullcontext()
             with admission, limits_scope(TensorLimits(max_elements=settings.max_elements)):
                 return await handler(OrjsonRequest(request.scope, request.receive))
 
         return route_handler
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse (415) a body declared as anything but JSON.
+
+    Without this, FastAPI hands a form or text body to validation as bytes and the client
+    reads a puzzling 422 ("a valid dictionary"). As in FastAPI, no ``Content-Type`` at all
+    means JSON, and so do ``application/json`` and ``application/*+json``.
+    """
+    if content_type is None:
+        return
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return
+    shown = media_type[:40] + ("..." if len(media_type) > 40 else "")
+    raise ApiError(
+        415,
+        f"the request body must be JSON (Content-Type: application/json), got {shown!r}",
+        [(["header", "content-type"], "expected application/json")],
+    )
 
 
 def make_router(**kwargs: Any) -> APIRouter:

@@ -38,6 +38,11 @@ def encode(arr: np.ndarray, encoding: Encoding, name: str) -> Any:
         raise invalid([name], str(exc)) from None
 
 
+def encode_all(encoding: Encoding, **arrays: np.ndarray | None) -> dict[str, Any]:
+    """Encode several result tensors by name; ``None`` (``db`` without ``b``) stays null."""
+    return {k: None if a is None else encode(a, encoding, k) for k, a in arrays.items()}
+
+
 def meta(info: LayerInfo, out: np.ndarray, ms: float, *, flops: int | None = None) -> dict:
     """The ``meta`` object of a response."""
     return {

@@ -15,7 +15,7 @@ from ..problems import problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Conv2dParams, TensorRequest
 from ..tensors import Tensor
-from .common import BackwardResponse, ForwardResponse, encode, meta
+from .common import BackwardResponse, ForwardResponse, encode, encode_all, meta
 
 router = make_router(prefix="/v1/conv2d", tags=["conv2d"])
 
@@ -48,15 +48,13 @@ class Conv2dBackwardRequest(Conv2dForwardRequest):
     )
 
 
+def _conv_kwargs(req: Conv2dForwardRequest) -> dict:
+    return req.model_dump(include=set(Conv2dParams.model_fields))
+
+
 def _geometry(req: Conv2dForwardRequest) -> cnncore.geometry.Conv2dGeometry:
     return cnncore.conv2d_geometry(
-        req.x.shape,
-        req.w.shape,
-        stride=req.stride,
-        padding=req.padding,
-        dilation=req.dilation,
-        groups=req.groups,
-        bias=req.b is not None,
+        req.x.shape, req.w.shape, bias=req.b is not None, **_conv_kwargs(req)
     )
 
 
@@ -80,29 +78,13 @@ def conv2d_forward(req: Conv2dForwardRequest, request: Request) -> Response:
     geo = _geometry(req)
     check_budget(settings_of(request), geo.info.flops, _work_bytes(geo, req.x.itemsize, 1))
     (out, _), ms = run(
-        slots_of(request),
-        cnncore.conv2d_forward,
-        req.x,
-        req.w,
-        req.b,
-        stride=req.stride,
-        padding=req.padding,
-        dilation=req.dilation,
-        groups=req.groups,
+        slots_of(request), cnncore.conv2d_forward, req.x, req.w, req.b, **_conv_kwargs(req)
     )
     return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(geo.info, out, ms)})
 
 
 def _conv_backward(req: Conv2dBackwardRequest) -> tuple:
-    out, cache = cnncore.conv2d_forward(
-        req.x,
-        req.w,
-        req.b,
-        stride=req.stride,
-        padding=req.padding,
-        dilation=req.dilation,
-        groups=req.groups,
-    )
+    out, cache = cnncore.conv2d_forward(req.x, req.w, req.b, **_conv_kwargs(req))
     return (*cnncore.conv2d_backward(req.dout, cache), out)
 
 
@@ -118,12 +100,5 @@ def conv2d_backward(req: Conv2dBackwardRequest, request: Request) -> Response:
     flops = 3 * geo.info.flops  # forward (for the cache), dx and dw
     check_budget(settings_of(request), flops, _work_bytes(geo, req.x.itemsize, 3))
     (dx, dw, db, out), ms = run(slots_of(request), _conv_backward, req)
-    enc = req.encoding
-    return JSONResponse(
-        {
-            "dx": encode(dx, enc, "dx"),
-            "dw": encode(dw, enc, "dw"),
-            "db": None if db is None else encode(db, enc, "db"),
-            "meta": meta(geo.info, out, ms, flops=flops),
-        }
-    )
+    grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
+    return JSONResponse({**grads, "meta": meta(geo.info, out, ms, flops=flops)})

@@ -16,7 +16,7 @@ from ..problems import problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import TensorRequest
 from ..tensors import Tensor
-from .common import BackwardResponse, ForwardResponse, encode, meta
+from .common import BackwardResponse, ForwardResponse, encode, encode_all, meta
 
 router = make_router(prefix="/v1/linear", tags=["linear"])
 
@@ -88,12 +88,5 @@ def linear_backward(req: LinearBackwardRequest, request: Request) -> Response:
     flops = 3 * info.flops  # forward (for the cache), dx and dw
     check_budget(settings_of(request), flops, _work_bytes(info, req.x.itemsize, 3))
     (dx, dw, db, out), ms = run(slots_of(request), _linear_backward, req)
-    enc = req.encoding
-    return JSONResponse(
-        {
-            "dx": encode(dx, enc, "dx"),
-            "dw": encode(dw, enc, "dw"),
-            "db": None if db is None else encode(db, enc, "db"),
-            "meta": meta(info, out, ms, flops=flops),
-        }
-    )
+    grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
+    return JSONResponse({**grads, "meta": meta(info, out, ms, flops=flops)})

@@ -29,7 +29,7 @@ from ..problems import from_cnn_error, invalid, problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Conv2dParams, StrictModel, TensorRequest, TensorResponse
 from ..tensors import Encoding, Tensor
-from .common import encode
+from .common import encode, encode_all
 from .shapes import LayerShape
 
 router = make_router(prefix="/v1/network", tags=["network"])
@@ -225,7 +225,7 @@ class NetworkBackwardResponse(BaseModel):
 def core_layer(layer: Any) -> Layer:
     """The :mod:`cnncore.network` layer of a wire layer."""
     if isinstance(layer, Conv2dWeightsLayer):
-        params = layer.model_dump(include={"stride", "padding", "dilation", "groups"})
+        params = layer.model_dump(include=set(Conv2dParams.model_fields))
         return cnncore.Conv2d(layer.w, layer.b, **params)
     if isinstance(layer, LinearWeightsLayer):
         return cnncore.Linear(layer.w, layer.b)
@@ -330,9 +330,11 @@ class _Plan:
 
 
 def _loss_value(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
+    if value is None:
+        return None
+    if not math.isfinite(value):
         raise invalid(["loss"], "the loss is not finite (overflow); inputs may be too large")
-    return value
+    return float(value) + 0.0  # a plain float, and -0.0 (from -log(1)) reads as 0.0
 
 
 # --------------------------------------------------------------------------- routes
@@ -404,10 +406,7 @@ def network_backward(req: NetworkBackwardRequest, request: Request) -> Response:
         {
             "loss": _loss_value(loss),
             "dx": encode(dx, enc, "dx"),
-            "grads": [
-                {k: None if g is None else encode(g, enc, k) for k, g in grad.items()}
-                for grad in grads
-            ],
+            "grads": [encode_all(enc, **grad) for grad in grads],
             **plan.extras(cache, enc, req.return_activations),
             "meta": plan.meta(cache.activations[-1], ms),
         }

@@ -15,6 +15,7 @@ from ..layers import Layers, specs
 from ..problems import from_cnn_error, invalid, problem_responses
 from ..routing import JSONResponse, make_router
 from ..schemas import StrictModel
+from ..tensors import Encoding
 
 router = make_router(prefix="/v1", tags=["shapes"])
 
@@ -49,6 +50,9 @@ class ShapesRequest(StrictModel):
         Field(min_length=2, max_length=8),
     ] = Field(description="Shape of the input: [N, C, H, W] (or [N, D] for a linear-only stack).")
     layers: Layers
+    encoding: Encoding = Field(
+        "list", description="Accepted as on every request; the answer holds no tensors."
+    )
 
     model_config = ConfigDict(json_schema_extra={"examples": [LENET]})
 

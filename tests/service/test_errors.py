@@ -211,3 +211,37 @@ def test_errors_echo_at_most_an_excerpt(api, body: dict) -> None:
 
 def test_a_body_that_is_not_an_object_is_422(api) -> None:
     assert_problem(api.post("/v1/shapes", json="layers"), 422, [])
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("text/plain", id="text"),
+        pytest.param("application/x-www-form-urlencoded", id="form"),  # curl -d without -H
+        pytest.param("multipart/form-data; boundary=x", id="multipart"),
+        pytest.param("application/xml", id="xml"),
+    ],
+)
+def test_a_body_that_is_not_json_is_415(api, content_type: str) -> None:
+    body = b'{"x": [[[[1, 2], [3, 4]]]], "kernel_size": 2}'
+    problem = assert_problem(_raw(api, POOL, body, **{"content-type": content_type}), 415)
+    assert "application/json" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("application/json; charset=utf-8", id="charset"),
+        pytest.param("application/problem+json", id="plus-json"),
+    ],
+)
+def test_json_media_types_are_accepted(api, content_type: str) -> None:
+    body = b'{"x": [[[[1, 2], [3, 4]]]], "kernel_size": 2}'
+    assert _raw(api, POOL, body, **{"content-type": content_type}).status_code == 200
+
+
+def test_an_unknown_key_is_clipped_in_the_detail_too(api) -> None:
+    key = "é" * 250
+    problem = assert_problem(api.post(POOL, json={"x": X, "kernel_size": 1, key: 1}), 422)
+    assert key not in problem["detail"]
+    assert len(problem["detail"]) < 120

@@ -418,3 +418,16 @@ def test_client_network_errors_carry_the_loc(api: TestClient, rng: np.random.Gen
         Client(http=api).network_forward(a["x"], layers)
     assert info.value.status == 422
     assert info.value.errors[0]["loc"] == ["layers", 0, "w"]
+
+
+def test_a_zero_loss_is_not_negative_zero(api: TestClient) -> None:
+    # one class: the cross-entropy is -log(1), which numpy computes as -0.0
+    one_class = {
+        "x": [[1.0, 2.0]],
+        "layers": [{"type": "linear", "w": [[1.0], [1.0]]}],
+        "loss": {"type": "softmax_cross_entropy", "y": [0]},
+    }
+    for route in ("/v1/network/forward", "/v1/network/backward"):
+        response = api.post(route, json=one_class)
+        assert response.status_code == 200, response.text
+        assert b'"loss":0.0' in response.content

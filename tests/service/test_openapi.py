@@ -62,5 +62,5 @@ def test_documented_example_runs(method: str, path: str, example: Any) -> None:
 )
 def test_error_responses_are_documented_as_problem_details(path: str) -> None:
     responses = SPEC["paths"][path]["post"]["responses"]
-    for status in ("400", "413", "422"):
+    for status in ("400", "413", "415", "422"):
         assert "application/problem+json" in responses[status]["content"]

@@ -161,3 +161,11 @@ def test_invalid_stack_is_422_naming_the_field(
     api, input_shape: list[int], layers: list[dict[str, Any]], loc: list
 ) -> None:
     assert_problem(_shapes(api, input_shape, layers), 422, loc)
+
+
+@pytest.mark.parametrize("encoding", ["list", "b64"])
+def test_encoding_is_accepted_like_on_every_request(api, encoding: str) -> None:
+    body = {"input_shape": [1, 3], "layers": [{"type": "relu"}], "encoding": encoding}
+    response = api.post("/v1/shapes", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["output_shape"] == [1, 3]
