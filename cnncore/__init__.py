@@ -30,6 +30,7 @@ from .network import (
     network_info,
     network_loss,
 )
+from .network_shapes import LayerError
 from .pool import pool2d_backward, pool2d_forward
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "CnnError",
     "Conv2d",
     "DtypeError",
+    "LayerError",
     "LayerInfo",
     "Linear",
     "MeanSquaredError",

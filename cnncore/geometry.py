@@ -102,6 +102,11 @@ def conv_out_size(
     return max(out, span // s + 1)  # never fewer windows than floor mode
 
 
+def divides_exactly(size: int, k: int, s: int, pad_lo: int, pad_hi: int, d: int = 1) -> bool:
+    """Whether the division in :func:`conv_out_size` is exact (the windows tile the span)."""
+    return (size + pad_lo + pad_hi - d * (k - 1) - 1) % s == 0
+
+
 def unused_size(size: int, k: int, s: int, pad_lo: int, out: int, d: int = 1) -> int:
     """How many trailing input rows (or columns) no window covers."""
     last_covered = (out - 1) * s + d * (k - 1)  # in padded coordinates
@@ -261,9 +266,9 @@ class Conv2dGeometry:
             unused_size(self.h, self.kh, self.sh, self.pt, self.out_h, self.dh),
             unused_size(self.w, self.kw, self.sw, self.pl, self.out_w, self.dw),
         )
-        exact = (self.h + self.pt + self.pb - self.dh * (self.kh - 1) - 1) % self.sh == 0 and (
-            self.w + self.pl + self.pr - self.dw * (self.kw - 1) - 1
-        ) % self.sw == 0
+        exact = divides_exactly(
+            self.h, self.kh, self.sh, self.pt, self.pb, self.dh
+        ) and divides_exactly(self.w, self.kw, self.sw, self.pl, self.pr, self.dw)
         return LayerInfo(
             input_shape=(self.n, self.c, self.h, self.w),
             output_shape=self.output_shape,
@@ -301,9 +306,9 @@ class Pool2dGeometry:
 
     @property
     def info(self) -> LayerInfo:
-        exact = (self.h + 2 * self.ph - self.kh) % self.sh == 0 and (
-            self.w + 2 * self.pw - self.kw
-        ) % self.sw == 0
+        exact = divides_exactly(self.h, self.kh, self.sh, self.ph, self.ph) and divides_exactly(
+            self.w, self.kw, self.sw, self.pw, self.pw
+        )
         return LayerInfo(
             input_shape=(self.n, self.c, self.h, self.w),
             output_shape=self.output_shape,
