@@ -196,6 +196,10 @@ def _validation_problem(exc: RequestValidationError) -> Response:
 def _message(error: Mapping[str, Any]) -> str:
     # pydantic's own messages never contain the input; we drop "input" entirely.
     msg = str(error.get("msg", "invalid value"))
+    value = error.get("input")
+    if error.get("type") == "int_type" and isinstance(value, float) and abs(value) >= 2**63:
+        # orjson parses integers beyond 64 bits as floats; say why this "is not an integer"
+        return "Input should be a valid integer; this one is beyond 64 bits"
     return msg.removeprefix("Value error, ")
 
 

@@ -245,3 +245,53 @@ def test_an_unknown_key_is_clipped_in_the_detail_too(api) -> None:
     problem = assert_problem(api.post(POOL, json={"x": X, "kernel_size": 1, key: 1}), 422)
     assert key not in problem["detail"]
     assert len(problem["detail"]) < 120
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        pytest.param(
+            "/v1/conv2d/forward",
+            {"x": X, "w": [[[[1.0]]]], "groups": 2**70},
+            ["groups"],
+            id="conv-groups",
+        ),
+        pytest.param(
+            "/v1/shapes",
+            {"input_shape": [1, 2**70], "layers": [{"type": "relu"}]},
+            ["input_shape", 1],
+            id="shapes-input-shape",
+        ),
+        pytest.param(
+            "/v1/shapes",
+            {"input_shape": [1, 2], "layers": [{"type": "linear", "out_features": 2**70}]},
+            ["layers", 0, "out_features"],
+            id="shapes-out-features",
+        ),
+        pytest.param(
+            "/v1/shapes",
+            {
+                "input_shape": [1, 1, 2, 2],
+                "layers": [{"type": "conv2d", "kernel_size": 1, "out_channels": 2**70}],
+            },
+            ["layers", 0, "out_channels"],
+            id="shapes-out-channels",
+        ),
+        pytest.param(
+            "/v1/network/forward",
+            {
+                "x": [[1.0]],
+                "layers": [{"type": "relu"}],
+                "loss": {"type": "softmax_cross_entropy", "y": [2**70]},
+            },
+            ["loss", "y", 0],
+            id="network-label",
+        ),
+    ],
+)
+def test_an_integer_beyond_64_bits_says_so(
+    api, path: str, body: dict, loc: list
+) -> None:
+    problem = assert_problem(api.post(path, json=body), 422, loc)
+    # orjson reads an integer beyond 64 bits as a float: the message must not call it one
+    assert "64 bits" in problem["errors"][0]["msg"]
