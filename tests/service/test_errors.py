@@ -289,9 +289,7 @@ def test_an_unknown_key_is_clipped_in_the_detail_too(api) -> None:
         ),
     ],
 )
-def test_an_integer_beyond_64_bits_says_so(
-    api, path: str, body: dict, loc: list
-) -> None:
+def test_an_integer_beyond_64_bits_says_so(api, path: str, body: dict, loc: list) -> None:
     problem = assert_problem(api.post(path, json=body), 422, loc)
     # orjson reads an integer beyond 64 bits as a float: the message must not call it one
     assert "64 bits" in problem["errors"][0]["msg"]
