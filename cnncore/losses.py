@@ -46,7 +46,7 @@ def softmax_cross_entropy(scores: Any, y: Any) -> tuple[float, np.ndarray]:
     y = check_labels(y, n, c)
     log_probs = log_softmax(scores)
     rows = np.arange(n)
-    loss = -float(np.mean(log_probs[rows, y]))
+    loss = 0.0 - float(np.mean(log_probs[rows, y]))  # 0.0 - x: a perfect score is 0.0, not -0.0
     dscores = np.exp(log_probs)
     dscores[rows, y] -= 1
     dscores /= n

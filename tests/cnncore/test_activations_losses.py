@@ -82,6 +82,12 @@ def test_uniform_scores_give_log_c() -> None:
     assert loss == pytest.approx(np.log(10))
 
 
+def test_a_perfect_single_class_score_is_zero_not_negative_zero() -> None:
+    loss, _ = softmax_cross_entropy(np.zeros((3, 1)), np.zeros(3, dtype=int))
+    assert loss == 0.0
+    assert np.copysign(1.0, loss) == 1.0
+
+
 def test_dscores_matches_central_differences(rng: np.random.Generator) -> None:
     scores = rng.standard_normal((4, 6))
     y = np.array([5, 0, 2, 2])
