@@ -23,6 +23,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
 import cnncore
@@ -112,7 +113,13 @@ class CheckRequest(TensorRequest):
     ) -> Any:
         # The op picks the model; its errors keep their loc (["params", "kernel_size"]).
         op = info.data.get("op")
-        return _PARAMS[op].model_validate(value) if op in _PARAMS else handler(value)
+        if op not in _PARAMS:
+            return handler(value)
+        if not isinstance(value, dict):
+            raise PydanticCustomError(
+                "params_type", "params must be an object of {op}'s hyper-parameters", {"op": op}
+            )
+        return _PARAMS[op].model_validate(value)
 
 
 class TensorCheck(BaseModel):

@@ -237,6 +237,10 @@ ERRORS = [
     pytest.param(
         {"op": "linear", "params": {"stride": 1}}, ["params", "stride"], "Extra", id="lin-params"
     ),
+    pytest.param(
+        {"params": None}, ["params"], "object of conv2d's hyper-parameters", id="params-null"
+    ),
+    pytest.param({"params": [1]}, ["params"], "object of conv2d's", id="params-list"),
     pytest.param({"tolerance": True}, ["tolerance"], "", id="bool-tolerance"),
     pytest.param({"tolerance": 0}, ["tolerance"], "", id="zero-tolerance"),
     pytest.param({"x": [[1.0, 2.0]]}, ["x"], "4-D", id="x-2d"),
