@@ -3,12 +3,15 @@
 Each row of :data:`CASES` is one layer call (conv2d or pool2d) on fixed shapes,
 with the issue's targets. For every case and dtype the script times the fast
 path and PyTorch CPU (at numpy's BLAS thread count, when ``torch`` is importable;
-it is never a dependency of the project) *alternately*, so both see the same
-load, and keeps the minimum of ``--repeat`` runs of each (the least disturbed
-one, on a shared machine). The plain-loop reference from :mod:`cnncore.reference`
-runs once, on rows where that is affordable. It prints a Markdown table with the
-ratios, the peak memory (tracemalloc) of one fast call, and PASS/FAIL against
-each row's target.
+it is never a dependency of the project) in alternating blocks of calls, each
+after a short pause (so both see the same load and neither runs next to the
+other's still-spinning worker threads), and keeps the minimum of ``--repeat``
+runs of each (the least disturbed one, on a shared machine). The plain-loop
+reference from :mod:`cnncore.reference` runs once, on rows where that is
+affordable. It prints a Markdown table with the ratios, the peak memory
+(tracemalloc) of one fast call, and PASS/FAIL against each row's target. With
+``--service-malloc`` the process first raises glibc's malloc thresholds as the
+service does (:func:`service.runtime.tune_malloc`), which speeds up both libraries.
 
 Usage::
 
@@ -41,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `cnncore` importable from
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cnncore import conv2d_backward, conv2d_forward, pool2d_backward, pool2d_forward, reference
+from service.runtime import tune_malloc
 
 Runner = Callable[[], object]
 
@@ -220,20 +224,32 @@ CASES: list[Case] = [
 # --------------------------------------------------------------------------- measurement
 
 
+BLOCK = 5
+"""Calls of one runner in a row, before the next runner takes its turn."""
+
+SETTLE_S = 0.5
+"""Pause before each turn: OpenMP and BLAS worker threads keep spinning on the cores
+for a while after a call returns, and would slow whichever library runs next."""
+
+
 def min_ms(runs: list[Runner], repeat: int) -> list[float]:
     """Minimum wall time of ``repeat`` calls of each runner, in ms.
 
-    One warm-up call each, then the runners take turns (a, b, a, b, ...) so that
-    all of them see the same load; the minimum is the least disturbed run.
+    One warm-up call each, then the runners take turns in blocks of :data:`BLOCK`
+    calls (a×5, b×5, a×5, ...), each turn after a :data:`SETTLE_S` pause, so that
+    all of them see the same load and none runs next to the other's spinning
+    threads; the minimum is the least disturbed run.
     """
     for run in runs:
         run()
     best = [float("inf")] * len(runs)
-    for _ in range(repeat):
+    for _ in range(-(-repeat // BLOCK)):
         for i, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            best[i] = min(best[i], time.perf_counter() - start)
+            time.sleep(SETTLE_S)
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                run()
+                best[i] = min(best[i], time.perf_counter() - start)
     return [t * 1e3 for t in best]
 
 
@@ -294,7 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-reference", action="store_true", help="skip the plain loops")
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
+    parser.add_argument(
+        "--service-malloc",
+        action="store_true",
+        help="raise glibc's malloc thresholds as the service does at start-up (for the "
+        "fast path and torch alike); default: glibc's defaults",
+    )
     args = parser.parse_args(argv)
+    malloc = "as the service" if args.service_malloc and tune_malloc() else "glibc defaults"
 
     repeat = 5 if args.quick else args.repeat
     cases = [c for c in CASES if (c.quick or not args.quick) and args.filter in c.name]
@@ -315,11 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         "torch: "
         + ("not installed" if torch is None else f"{torch.__version__}, {threads} threads")
     )
+    print(f"malloc thresholds: {malloc}")
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"load average at start (1/5/15 min): {load}")
     print(
-        f"minimum of {repeat} runs (forward + backward), fast and torch alternating; "
-        "reference timed once\n"
+        f"minimum of {repeat} runs (forward + backward), fast and torch in alternating "
+        f"blocks of {BLOCK} after a {SETTLE_S} s pause; reference timed once\n"
     )
     header = [
         "case",

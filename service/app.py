@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, metrics
 from .compute import ComputeSlots
 from .problems import install_problem_handlers, problem_response, problem_responses
+from .runtime import tune_malloc
 from .settings import Settings
 from .tensors import bound_request_tensors
 
@@ -139,6 +140,7 @@ def _not_ready_on_exit_signals(app: FastAPI, delay: float) -> Callable[[], None]
 def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_malloc()  # in every worker process, before the first computation
         restore = _not_ready_on_exit_signals(app, settings.shutdown_delay)
         try:
             yield

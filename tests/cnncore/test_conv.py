@@ -216,6 +216,109 @@ def test_matches_reference_in_sample_chunks(
     check_against_reference(x, w, b, kwargs, rng)
 
 
+# Layers whose chunks of the batch run on the module's threads (conv._map_chunks):
+# float64 chunks of two samples, several of them, with a short last chunk.
+THREADED = [
+    pytest.param((5, 3, 9, 8), (4, 3, 3, 3), {"stride": 2, "padding": 1}, id="stride2"),
+    pytest.param((7, 3, 10, 9), (5, 3, 2, 3), {"stride": 2, "dilation": 2}, id="stride2-dil2"),
+    pytest.param(
+        (5, 4, 9, 9), (6, 2, 3, 3), {"stride": 2, "groups": 2, "padding": 1}, id="stride2-groups2"
+    ),
+    pytest.param((5, 4, 8, 7), (4, 1, 3, 3), {"stride": (1, 2), "groups": 4}, id="depthwise"),
+]
+
+
+def threaded_chunks(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int = 2,
+) -> None:
+    """Lower the thresholds so that this layer runs in chunks of two samples on threads."""
+    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
+    one = geom.c * geom.kh * geom.kw * geom.out_h * conv_module._row_len(geom) * 8
+    monkeypatch.setattr(conv_module, "_SHARE_BYTES", 2 * one)
+    monkeypatch.setattr(conv_module, "_MIN_CHUNK_MACS", 0)
+    monkeypatch.setattr(conv_module, "_WORKERS", workers)
+    monkeypatch.setattr(conv_module, "_executor", None)  # a pool of `workers` threads
+    chunks = conv_module._sample_chunks(geom, slice(0, geom.kh), 8)
+    assert len(chunks) >= 2
+    assert chunks[-1].stop - chunks[-1].start < chunks[0].stop  # a short last chunk
+    assert conv_module._threaded(geom, len(chunks)) == (workers > 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), THREADED)
+def test_matches_reference_on_threads(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    with_bias: bool,
+    dtype: Any,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threaded_chunks(x_shape, w_shape, kwargs, monkeypatch)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
+    check_against_reference(x, w, b, kwargs, rng)
+
+
+def forward_backward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, dout: np.ndarray, kwargs: dict[str, Any]
+) -> list[np.ndarray]:
+    out, cache = conv2d_forward(x, w, b, **kwargs)
+    dx, dw, db = conv2d_backward(dout, cache)
+    assert db is not None
+    return [out, dx, dw, db]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), THREADED)
+def test_threads_give_the_same_bits_as_one_thread(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    dout = rng.standard_normal(conv2d_forward(x, w, b, **kwargs)[0].shape)
+    runs = []
+    for workers in (1, 2, 2):  # serial, then the same chunks twice on threads
+        with monkeypatch.context() as patch:
+            threaded_chunks(x_shape, w_shape, kwargs, patch, workers)
+            runs.append(forward_backward(x, w, b, dout, kwargs))
+    for run in runs[1:]:
+        for got, want in zip(run, runs[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "kwargs"),
+    [
+        # Stride 1: junk columns of one chunk reach into the next chunk's samples.
+        pytest.param((5, 3, 9, 8), (4, 3, 3, 3), {"padding": 1}, id="junk-columns"),
+        # Per-sample GEMMs big enough for BLAS's own threads.
+        pytest.param((4, 32, 32, 32), (64, 32, 3, 3), {"stride": 2}, id="blas-threads"),
+    ],
+)
+def test_serial_chunks_where_threads_would_race_or_oversubscribe(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(conv_module, "_MIN_CHUNK_MACS", 0)
+    monkeypatch.setattr(conv_module, "_WORKERS", 2)
+    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
+    assert not conv_module._threaded(geom, geom.n)
+
+
 def test_integer_input_becomes_float64(rng: np.random.Generator) -> None:
     x = rng.integers(-5, 5, size=(2, 3, 6, 6))
     w = rng.integers(-3, 3, size=(4, 3, 3, 3))
