@@ -176,12 +176,12 @@ def _tiles(g: Pool2dGeometry) -> bool:
 
 def _cell(xp: np.ndarray, g: Pool2dGeometry, a: int, b: int) -> np.ndarray:
     """View of window cell ``(a, b)`` of every output pixel: shape ``(N, C, H', W')``."""
-    return xp[
-        :,
-        :,
-        a : a + g.sh * (g.out_h - 1) + 1 : g.sh,
-        b : b + g.sw * (g.out_w - 1) + 1 : g.sw,
-    ]
+    return xp[:, :, _steps(a, g.sh, g.out_h), _steps(b, g.sw, g.out_w)]
+
+
+def _steps(start: int, s: int, out: int) -> slice:
+    """Index ``start`` of each of ``out`` windows ``s`` apart along one axis."""
+    return slice(start, start + s * (out - 1) + 1, s)
 
 
 def _padded_extent(g: Pool2dGeometry) -> tuple[int, int, int, int]:
@@ -231,18 +231,18 @@ def _max_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarr
     # window row's columns for every input row, then over the window's rows. The
     # first maximum in row-major order is in the first row holding the maximum.
     xp = _pad(x, g, -np.inf)
-    col_cells = [xp[..., b : b + g.sw * (g.out_w - 1) + 1 : g.sw] for b in range(g.kw)]
+    col_cells = [xp[..., _steps(b, g.sw, g.out_w)] for b in range(g.kw)]
     row_max = col_cells[0].copy()
     for cell in col_cells[1:]:
         np.maximum(row_max, cell, out=row_max)
     row_first = _first_max(col_cells, row_max)  # column of each row's first maximum
-    row_cells = [row_max[:, :, a : a + g.sh * (g.out_h - 1) + 1 : g.sh] for a in range(g.kh)]
+    row_cells = [row_max[:, :, _steps(a, g.sh, g.out_h)] for a in range(g.kh)]
     out = row_cells[0].copy()
     for cell in row_cells[1:]:
         np.maximum(out, cell, out=out)
     a = _first_max(row_cells, out)  # window row of the first maximum
     dtype = np.min_scalar_type(g.kh * g.kw - 1)
-    cols = [row_first[:, :, i : i + g.sh * (g.out_h - 1) + 1 : g.sh] for i in range(g.kh)]
+    cols = [row_first[:, :, _steps(i, g.sh, g.out_h)] for i in range(g.kh)]
     first = cols[0].astype(dtype)  # the first maximum's column in row a
     for i in range(1, g.kh):
         np.copyto(first, cols[i], where=a == i)
@@ -318,12 +318,12 @@ def _avg_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     # The window sum is separable: over its columns for every input row, then over
     # its rows. KW + KH strided passes instead of KH * KW, each over fewer values.
     xp = _pad(x, g, 0.0)
-    cols = xp[..., : g.sw * (g.out_w - 1) + 1 : g.sw].copy()
+    cols = xp[..., _steps(0, g.sw, g.out_w)].copy()
     for b in range(1, g.kw):
-        cols += xp[..., b : b + g.sw * (g.out_w - 1) + 1 : g.sw]
-    out = cols[:, :, : g.sh * (g.out_h - 1) + 1 : g.sh].copy()
+        cols += xp[..., _steps(b, g.sw, g.out_w)]
+    out = cols[:, :, _steps(0, g.sh, g.out_h)].copy()
     for a in range(1, g.kh):
-        out += cols[:, :, a : a + g.sh * (g.out_h - 1) + 1 : g.sh]
+        out += cols[:, :, _steps(a, g.sh, g.out_h)]
     out /= _divisor(g, x.dtype)
     return out
 
