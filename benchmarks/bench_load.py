@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import random
 import subprocess
@@ -36,12 +35,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 
+from service.tensors import encode_tensor
 from service.testing import serve_process
 
 try:
@@ -68,15 +67,6 @@ def rss_mib(proc: subprocess.Popen[bytes]) -> float:
 # --------------------------------------------------------------------------- traffic
 
 
-def _b64(a: np.ndarray) -> dict[str, Any]:
-    a = np.ascontiguousarray(a, dtype="<f8")
-    return {
-        "shape": list(a.shape),
-        "dtype": "float64",
-        "b64": base64.b64encode(a.tobytes()).decode(),
-    }
-
-
 Request = tuple[str, str, bytes | None]
 
 
@@ -91,13 +81,13 @@ def make_requests(rng: np.random.Generator) -> list[Request]:
     lin_w = rng.standard_normal((256, 64))
     conv_small = {"x": x_small.tolist(), "w": w_small.tolist(), "padding": 1}
     conv_back = {
-        "x": _b64(x_med),
-        "w": _b64(w_med),
-        "dout": _b64(dout_med),
+        "x": encode_tensor(x_med, "b64"),
+        "w": encode_tensor(w_med, "b64"),
+        "dout": encode_tensor(dout_med, "b64"),
         "padding": 1,
         "encoding": "b64",
     }
-    pool = {"x": _b64(x_med), "kernel_size": 2, "mode": "max", "encoding": "b64"}
+    pool = {"x": encode_tensor(x_med, "b64"), "kernel_size": 2, "mode": "max", "encoding": "b64"}
     linear = {"x": lin_x.tolist(), "w": lin_w.tolist(), "b": [0.0] * 64}
     shapes = {
         "input_shape": [1, 1, 32, 32],
@@ -124,21 +114,9 @@ def make_requests(rng: np.random.Generator) -> list[Request]:
 
 def heavy_request(rng: np.random.Generator) -> Request:
     """A float32 convolution (about 1.3e9 FLOPs, a 2.5 MB body) that keeps a slot busy."""
-    x = rng.standard_normal((4, 64, 32, 32)).astype("<f4")
-    w = rng.standard_normal((128, 64, 5, 5)).astype("<f4")
-    body = {
-        "x": {
-            "shape": list(x.shape),
-            "dtype": "float32",
-            "b64": base64.b64encode(x.tobytes()).decode(),
-        },
-        "w": {
-            "shape": list(w.shape),
-            "dtype": "float32",
-            "b64": base64.b64encode(w.tobytes()).decode(),
-        },
-        "encoding": "b64",
-    }
+    x = rng.standard_normal((4, 64, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((128, 64, 5, 5)).astype(np.float32)
+    body = {"x": encode_tensor(x, "b64"), "w": encode_tensor(w, "b64"), "encoding": "b64"}
     return ("POST", "/v1/conv2d/forward", orjson.dumps(body))
 
 
@@ -147,15 +125,16 @@ class Stats:
     """Outcomes of one phase."""
 
     latencies: list[float] = field(default_factory=list)
-    by_status: Counter[str] = field(default_factory=Counter)
+    statuses: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
     def add(self, status: str, seconds: float) -> None:
-        self.by_status[status] += 1
         self.latencies.append(seconds)
         self.statuses.append(status)
 
-    statuses: list[str] = field(default_factory=list)
+    @property
+    def by_status(self) -> Counter[str]:
+        return Counter(self.statuses)
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
