@@ -315,8 +315,6 @@ def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, Networ
     for i, layer in enumerate(layers):
         try:
             x, cache = _forward(layer, x)
-        except LayerError:
-            raise
         except CnnError as exc:  # a parameter's dtype: shapes were checked above
             raise LayerError(
                 f"layer {i} ({layer.type}): {exc.message}", index=i, arg=exc.arg

@@ -13,6 +13,7 @@ A linear layer after a 4-D activation flattens it implicitly, as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -159,10 +160,7 @@ class LinearSpec:
 
     def param_shapes(self, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """Shapes of ``w`` ``(D, M)`` and ``b`` ``(M,)`` (if any), ``D`` the input features."""
-        d = 1
-        for s in input_shape[1:]:
-            d *= s
-        shapes: dict[str, tuple[int, ...]] = {"w": (d, self.out_features)}
+        shapes: dict[str, tuple[int, ...]] = {"w": (math.prod(input_shape[1:]), self.out_features)}
         if self.bias:
             shapes["b"] = (self.out_features,)
         return shapes

@@ -81,9 +81,3 @@ def check_dout(dout: Any, expected: tuple[int, ...], dtype: np.dtype) -> np.ndar
             arg="dout",
         )
     return dout.astype(dtype, copy=False)
-
-
-def check_finite(a: np.ndarray, name: str) -> None:
-    """Reject NaN and infinity (used by callers that need finite inputs)."""
-    if not np.isfinite(a).all():
-        raise DtypeError(f"{name} contains NaN or infinity", arg=name)
