@@ -290,7 +290,7 @@ def conv2d_backward(
 
 def _row_len(g: Conv2dGeometry) -> int:
     """Length of a computed output row: the padded width when ``sw == 1``, else ``out_w``."""
-    return g.w + g.pl + g.pr if g.sw == 1 else g.out_w
+    return g.padded_hw[1] if g.sw == 1 else g.out_w
 
 
 _MIN_DEPTH = 128
@@ -458,14 +458,14 @@ def _kernel_rows(w: np.ndarray, g: Conv2dGeometry, rows: slice) -> np.ndarray:
 
 def _buffer_size(g: Conv2dGeometry) -> int:
     """Elements of the flat padded-input buffer, with slack for the last junk columns."""
-    hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
+    hp, wp = g.padded_hw
     slack = g.dw * (g.kw - 1) if g.sw == 1 else 0
     return g.n * g.c * hp * wp + slack
 
 
 def _padded_buffer(x: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     """``x`` zero-padded, as a flat buffer of :func:`_buffer_size` elements."""
-    hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
+    hp, wp = g.padded_hw
     buf = np.zeros(_buffer_size(g), dtype=x.dtype)
     xp = buf[: g.n * g.c * hp * wp].reshape(g.n, g.c, hp, wp)
     xp[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w] = x
@@ -474,7 +474,7 @@ def _padded_buffer(x: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
 
 def _unpad(buf: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     """The ``(N, C, H, W)`` interior of a flat padded buffer, as a new array."""
-    hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
+    hp, wp = g.padded_hw
     xp = buf[: g.n * g.c * hp * wp].reshape(g.n, g.c, hp, wp)
     return np.ascontiguousarray(xp[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w])
 
@@ -486,7 +486,7 @@ def _windows(buf: np.ndarray, g: Conv2dGeometry, *, writeable: bool = False) -> 
     column ``l*sw + j*dw`` (which runs into the next row for the junk columns
     ``l >= out_w`` when ``L`` is the padded width; the buffer's slack covers the end).
     """
-    hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
+    hp, wp = g.padded_hw
     e = buf.itemsize
     shape = (g.n, g.c, g.kh, g.kw, g.out_h, _row_len(g))
     strides = (g.c * hp * wp * e, hp * wp * e, g.dh * wp * e, g.dw * e, g.sh * wp * e, g.sw * e)

@@ -255,6 +255,11 @@ class Conv2dGeometry:
     out_w: int
 
     @property
+    def padded_hw(self) -> tuple[int, int]:
+        """Height and width of the zero-padded input."""
+        return self.h + self.pt + self.pb, self.w + self.pl + self.pr
+
+    @property
     def output_shape(self) -> tuple[int, int, int, int]:
         return self.n, self.f, self.out_h, self.out_w
 
