@@ -21,7 +21,7 @@ from .compute import ComputeSlots
 from .problems import install_problem_handlers, problem_response, problem_responses
 from .runtime import tune_malloc
 from .settings import Settings
-from .tensors import bound_request_tensors
+from .tensors import TensorLimits, bound_request_tensors
 
 
 class BodyLimitMiddleware:
@@ -193,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.settings = settings
+    app.state.tensor_limits = TensorLimits(max_elements=settings.max_elements)
     app.state.slots = ComputeSlots(
         settings.max_concurrency, settings.queue_timeout, settings.retry_after, settings.queue_size
     )

@@ -40,8 +40,6 @@ class ComputeSlots:
         self.retry_after = retry_after
         self.capacity = size + queue
         self._sem = threading.BoundedSemaphore(size)
-        self._lock = threading.Lock()
-        self.in_use = 0
         self.admitted = 0  # touched only on the event loop: no lock needed
 
     def _overloaded(self, detail: str) -> ApiError:
@@ -81,15 +79,11 @@ class ComputeSlots:
             raise self._overloaded(
                 f"All {self.size} computation slots are busy; retry in {self.retry_after} s."
             )
-        with self._lock:
-            self.in_use += 1
         metrics.IN_FLIGHT.inc()
         try:
             yield
         finally:
             metrics.IN_FLIGHT.dec()
-            with self._lock:
-                self.in_use -= 1
             self._sem.release()
 
 

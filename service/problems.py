@@ -93,9 +93,9 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def invalid(loc: Loc, msg: str, status: int = 422) -> ApiError:
-    """An :class:`ApiError` for a single field (422 unless told otherwise)."""
-    return ApiError(status, f"{_loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
+def invalid(loc: Loc, msg: str) -> ApiError:
+    """A 422 :class:`ApiError` for a single field."""
+    return ApiError(422, f"{_loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
 
 
 def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> ApiError:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from .compute import ComputeSlots
 from .problems import ApiError
 from .settings import Settings
-from .tensors import TensorLimits, limits_scope, note_body_bools
+from .tensors import limits_scope, note_body_bools
 
 
 class OrjsonRequest(Request):
@@ -45,11 +45,10 @@ class OrjsonRoute(APIRoute):
         computes = "POST" in (self.methods or ())
 
         async def route_handler(request: Request) -> Response:
-            settings: Settings = request.app.state.settings
             if computes:
                 require_json(request.headers.get("content-type"))
             admission = slots_of(request).admit() if computes else contextlib.nullcontext()
-            with admission, limits_scope(TensorLimits(max_elements=settings.max_elements)):
+            with admission, limits_scope(request.app.state.tensor_limits):
                 return await handler(OrjsonRequest(request.scope, request.receive))
 
         return route_handler
