@@ -17,6 +17,8 @@ from service.client import Client, ServiceError
 from service.testing import serve
 from tests.helpers import assert_close
 
+from .wire import in_flight
+
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -80,12 +82,6 @@ def test_readme_client_example_runs(base_url: str, capsys: pytest.CaptureFixture
     assert "422" in capsys.readouterr().out
 
 
-def _in_flight(base_url: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    found = re.search(r"^cnn_computations_in_flight (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_liveness_answers_quickly_during_a_heavy_computation(
     base_url: str, rng: np.random.Generator
 ) -> None:
@@ -103,7 +99,7 @@ def test_liveness_answers_quickly_during_a_heavy_computation(
     worker = threading.Thread(target=heavy, daemon=True)
     worker.start()
     deadline = time.monotonic() + 30
-    while _in_flight(base_url) < 1:
+    while in_flight(base_url) < 1:
         assert time.monotonic() < deadline, "the computation never started"
         assert not done.is_set(), "the request finished before it was seen computing"
         time.sleep(0.01)

@@ -5,8 +5,6 @@ Every server listens on 127.0.0.1; every wait is bounded.
 
 from __future__ import annotations
 
-import base64
-import re
 import signal
 import socket
 import threading
@@ -21,29 +19,21 @@ import pytest
 
 from service.testing import serve, serve_process
 
+from .wire import in_flight, to_wire
+
 pytestmark = pytest.mark.slow
 
 CONV_BACKWARD = "/v1/conv2d/backward"
 
 
-def _b64(arr: np.ndarray) -> dict[str, Any]:
-    le = np.ascontiguousarray(arr, dtype="<f8")
-    return {"shape": list(arr.shape), "dtype": "float64", "b64": base64.b64encode(le).decode()}
-
-
 def _heavy_body(rng: np.random.Generator) -> bytes:
     """A convolution backward of about 1e10 FLOPs: a second or more of BLAS on 2 cores."""
-    x = rng.standard_normal((4, 64, 48, 48))
-    w = rng.standard_normal((128, 64, 5, 5))
-    dout = rng.standard_normal((4, 128, 44, 44))
-    body = {"x": _b64(x), "w": _b64(w), "dout": _b64(dout), "encoding": "b64"}
-    return orjson.dumps(body)
-
-
-def _in_flight(base_url: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    found = re.search(r"^cnn_computations_in_flight (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
+    arrays = {
+        "x": rng.standard_normal((4, 64, 48, 48)),
+        "w": rng.standard_normal((128, 64, 5, 5)),
+        "dout": rng.standard_normal((4, 128, 44, 44)),
+    }
+    return orjson.dumps({**{k: to_wire(a, "b64") for k, a in arrays.items()}, "encoding": "b64"})
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -84,7 +74,7 @@ def test_disconnect_mid_upload_leaves_the_server_serving(one_slot: str) -> None:
     body = b'{"x": [[1.0, 2.0]], "w": [[1.0], [1.0]]}'
     with _connect(one_slot) as sock:
         sock.sendall(_headers("/v1/linear/forward", 10 * len(body)) + body)  # 9/10 missing
-    assert _in_flight(one_slot) == 0
+    assert in_flight(one_slot) == 0
     assert _small_request_succeeds(one_slot)
 
 
@@ -92,9 +82,9 @@ def test_disconnect_mid_computation_frees_the_slot(one_slot: str, rng: np.random
     body = _heavy_body(rng)
     with _connect(one_slot) as sock:
         sock.sendall(_headers(CONV_BACKWARD, len(body)) + body)
-        _wait_for(lambda: _in_flight(one_slot) >= 1, 30, "the computation started")
+        _wait_for(lambda: in_flight(one_slot) >= 1, 30, "the computation started")
     # The client is gone; numpy cannot be interrupted, but the slot comes back when it ends.
-    _wait_for(lambda: _in_flight(one_slot) == 0, 60, "the slot was freed")
+    _wait_for(lambda: in_flight(one_slot) == 0, 60, "the slot was freed")
     assert _small_request_succeeds(one_slot)  # one slot only: a leak would make this a 503
 
 
@@ -160,7 +150,7 @@ def test_sigterm_under_load_finishes_in_flight_work_and_refuses_new(
         body = _heavy_body(rng)
         results: list[Any] = []
         threads = [_post_in_thread(base_url, body, results) for _ in range(2)]
-        _wait_for(lambda: _in_flight(base_url) >= 2, 30, "both computations started")
+        _wait_for(lambda: in_flight(base_url) >= 2, 30, "both computations started")
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # uvicorn notices the signal within 0.1 s and closes its listener

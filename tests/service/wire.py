@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
+import httpx
 import numpy as np
 from fastapi.testclient import TestClient
 
@@ -54,3 +56,10 @@ def assert_problem(response: Any, status: int, loc: list | None = None) -> dict:
     if loc is not None:
         assert loc in [e["loc"] for e in body["errors"]], body["errors"]
     return body
+
+
+def in_flight(base_url: str) -> float:
+    """The ``cnn_computations_in_flight`` gauge of the server at ``base_url``."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    found = re.search(r"^cnn_computations_in_flight (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
