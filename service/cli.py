@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from . import __version__
-from .settings import Settings
+from .settings import MULTIPROC_ENV, Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from prometheus_client import multiprocess as _multiprocess
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from .settings import MULTIPROC_ENV
 
 REQUESTS = Counter(
     "cnn_requests_total",

@@ -229,7 +229,6 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(500, "Internal error; it has been logged.")
 
 
-#: OpenAPI ``responses`` entry documenting the error statuses of a computing route.
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI description of the problem responses a route can give."""
     descriptions = {

@@ -7,6 +7,10 @@ import os
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Directory prometheus-client shares between worker processes; read when it is imported,
+so the CLI sets it before any worker imports :mod:`service.metrics`."""
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 

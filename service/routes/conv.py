@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import Request
@@ -62,7 +63,7 @@ def _work_bytes(geo: cnncore.geometry.Conv2dGeometry, itemsize: int, passes: int
     """Inputs, outputs and the column buffer of the im2col GEMM, per pass."""
     info = geo.info
     cols = geo.n * geo.out_h * geo.out_w * (geo.c // geo.groups) * geo.kh * geo.kw
-    x = geo.n * geo.c * (geo.h + geo.pt + geo.pb) * (geo.w + geo.pl + geo.pr)
+    x = geo.n * geo.c * math.prod(geo.padded_hw)
     out = geo.n * geo.f * geo.out_h * geo.out_w
     return (x + out + cols + info.param_count) * itemsize * passes
 
