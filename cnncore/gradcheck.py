@@ -1,8 +1,46 @@
 """Numerical checks: central-difference gradients and relative errors.
 
-:func:`numerical_gradient` is the one finite-difference check every gradient test
-uses; :func:`relative_error` is the customary measure of agreement, and
+:func:`check_gradient` / :func:`assert_gradient` are the one gradient check every
+test uses: central differences against an analytic gradient, with a pass bound
+derived from the floating-point error analysis below, not a tolerance tuned on one
+CPU. :func:`numerical_gradient` is the bare finite-difference estimate;
+:func:`relative_error` is the customary element-wise measure of agreement, and
 :func:`compare` applies it to a claimed answer (``POST /v1/check``).
+
+Error analysis of the gradient check
+------------------------------------
+The check estimates the derivative of the scalar ``L(x) = sum(f(x) * dout)`` along
+each element ``x_i`` by ``(L(x + h e_i) - L(x - h e_i)) / (x_i⁺ - x_i⁻)``, where
+``x_i^± = fl(x_i ± h)`` are the perturbed values as stored: dividing by their exact
+difference instead of by ``2h`` keeps the rounding of ``x_i ± h`` out of the error.
+The estimate differs from the true derivative by
+
+- truncation, ``h² |L'''| / 6``. The checked ops are piecewise polynomials of low
+  degree in any one element (conv, linear, pooling, relu: degree 1) or smooth with
+  unit-scale derivatives (softmax cross-entropy, MSE on O(1) values), so
+  ``|L'''| <~ T`` with ``T`` the scale of ``L``'s terms (next item);
+- round-off. Each float64 evaluation of ``L`` is off by a few ``eps·T`` at most
+  (``eps = 2.2e-16``), where ``T = sum |f(x) · dout| + sum |x · analytic|`` is the
+  magnitude of the terms ``L`` adds up: the output terms, and the input
+  contributions ``x_i ∂L/∂x_i`` that the sums inside ``f`` accumulate. The order of
+  the sums (BLAS kernel, thread count, numpy's SIMD width) decides which rounding
+  errors occur, not their scale. The difference of two evaluations over the step
+  ``2h`` is then off by at most ``ROUNDOFF_TERMS · eps · T / h``.
+
+Hence every element obeys ``|numerical_i - analytic_i| <= (ROUNDOFF_TERMS·eps/h +
+h²/6) · T``. The step ``h = 1e-6`` keeps truncation (``1.7e-13·T``) far below
+round-off (``ROUNDOFF_TERMS · 2.2e-10·T``) and is small enough not to step over the
+kinks tests keep their inputs away from (relu at 0, ties in max pooling).
+
+The criterion is that absolute error, relative to the largest gradient magnitude
+``G``: ``error = max_i |numerical_i - analytic_i| / G`` against ``bound =
+(ROUNDOFF_TERMS·eps/h + h²/6) · T / G``. An element-wise relative error
+``|a - b| / (|a| + |b|)`` is the wrong measure here: for an element whose gradient is
+near zero it measures the round-off of the whole sum, not the gradient, which is
+why a fixed ``relative_error < 1e-7`` passes on one BLAS kernel and fails on
+another. For the tests' sizes the bound is 1e-8 to 1e-6, so a gradient wrong by
+1e-5 of its scale in a single element fails the check
+(``tests/cnncore/test_gradcheck.py`` plants such errors).
 """
 
 from __future__ import annotations
@@ -12,17 +50,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: Step of the central differences (the module docstring explains the choice).
+STEP = 1e-6
+
+#: Rounding stages an evaluation of ``L`` may accumulate, each at most ``eps·T``:
+#: the products, the blocked or pairwise sums inside ``f`` (numpy's pairwise
+#: summation and BLAS's blocked dot products add error like log2 of the length:
+#: under 16 stages for any size a gradient check can afford) and the reduction with
+#: ``dout``.
+ROUNDOFF_TERMS = 16
+
 
 def numerical_gradient(
     f: Callable[[], np.ndarray | float],
     x: np.ndarray,
     dout: np.ndarray | float = 1.0,
-    h: float = 1e-6,
+    h: float = STEP,
 ) -> np.ndarray:
     """Gradient of ``sum(f() * dout)`` with respect to ``x``, by central differences.
 
     ``f`` is called with no arguments and must read ``x`` (which is perturbed in
-    place, one element at a time, and restored). Use float64 for meaningful results.
+    place, one element at a time, and restored). Each difference is divided by the
+    stored step ``fl(x_i + h) - fl(x_i - h)``. Use float64 for meaningful results,
+    and :func:`check_gradient` to compare with an analytic gradient.
 
     Parameters
     ----------
@@ -38,18 +88,156 @@ def numerical_gradient(
     Returns
     -------
     numpy.ndarray
-        Same shape as ``x``.
+        Same shape as ``x``, float64.
     """
-    grad = np.zeros_like(x, dtype=np.float64)
+    grad = np.zeros(x.shape, dtype=np.float64)
     for i in np.ndindex(x.shape):
         old = x[i]
         x[i] = old + h
+        upper = float(x[i])
         plus = np.sum(np.asarray(f()) * dout)
         x[i] = old - h
+        lower = float(x[i])
         minus = np.sum(np.asarray(f()) * dout)
         x[i] = old
-        grad[i] = (plus - minus) / (2 * h)
+        grad[i] = (plus - minus) / (upper - lower)
     return grad
+
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """The verdict of :func:`check_gradient`.
+
+    Attributes
+    ----------
+    passed
+        ``error <= bound``.
+    error
+        ``max |numerical - analytic|`` divided by ``scale``.
+    bound
+        ``(ROUNDOFF_TERMS·eps/h + h²/6) · terms / scale``: the largest ``error``
+        that rounding and truncation explain (module docstring).
+    index
+        Index of the largest absolute difference (the first, on ties).
+    analytic, numerical
+        The two gradients' values at ``index``.
+    scale
+        The largest gradient magnitude, ``max(|analytic|, |numerical|)`` over all
+        elements (1.0 if both gradients are all zero).
+    terms
+        ``sum |f(x) · dout| + sum |x · analytic|``, the magnitude of ``L``'s terms.
+    """
+
+    passed: bool
+    error: float
+    bound: float
+    index: tuple[int, ...]
+    analytic: float
+    numerical: float
+    scale: float
+    terms: float
+
+    @property
+    def message(self) -> str:
+        """One line for a person: the verdict and the worst element."""
+        verdict = "within" if self.passed else "exceeds"
+        return (
+            f"gradient error {self.error:.3g} (relative to the largest gradient "
+            f"{self.scale:.3g}) {verdict} the bound {self.bound:.3g}; worst index "
+            f"{list(self.index)}: analytic {self.analytic:.12g}, "
+            f"numerical {self.numerical:.12g}"
+        )
+
+
+def check_gradient(
+    f: Callable[[], np.ndarray | float],
+    x: np.ndarray,
+    analytic: np.ndarray,
+    dout: np.ndarray | float = 1.0,
+    h: float = STEP,
+) -> GradientCheck:
+    """Check an analytic gradient of ``sum(f() * dout)`` against central differences.
+
+    Parameters
+    ----------
+    f
+        Function of the current contents of ``x``; returns an array or a scalar.
+        Called ``2 * x.size + 1`` times.
+    x : ndarray of float64, any shape
+        The variable; perturbed in place one element at a time and restored.
+    analytic : ndarray, same shape as ``x``
+        The gradient to check.
+    dout : ndarray or float
+        Upstream gradient, broadcastable to ``f()``'s shape.
+    h
+        Step of the differences; the default suits float64 inputs of order 1.
+
+    Returns
+    -------
+    GradientCheck
+        ``passed`` is ``error <= bound``, both as defined in the module docstring.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not float64 (float32 rounding swamps any useful step).
+    ValueError
+        If ``analytic`` does not have ``x``'s shape, or ``x`` is empty.
+    """
+    if x.dtype != np.float64:
+        raise TypeError(f"x must be float64 for a gradient check, got {x.dtype}")
+    analytic = np.asarray(analytic, dtype=np.float64)
+    if analytic.shape != x.shape:
+        raise ValueError(f"analytic gradient has shape {analytic.shape}, x has {x.shape}")
+    if x.size == 0:
+        raise ValueError("x is empty: there is no gradient to check")
+    terms = float(np.sum(np.abs(np.asarray(f(), dtype=np.float64) * dout)))
+    terms += float(np.sum(np.abs(x * analytic)))
+    numerical = numerical_gradient(f, x, dout, h)
+    diff = np.abs(numerical - analytic)
+    index = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape))
+    largest = max(float(np.max(np.abs(analytic))), float(np.max(np.abs(numerical))))
+    scale = largest if largest > 0.0 else 1.0
+    eps = float(np.finfo(np.float64).eps)
+    error = float(diff[index]) / scale
+    bound = (ROUNDOFF_TERMS * eps / h + h * h / 6) * terms / scale
+    return GradientCheck(
+        passed=bool(error <= bound),
+        error=error,
+        bound=bound,
+        index=index,
+        analytic=float(analytic[index]),
+        numerical=float(numerical[index]),
+        scale=scale,
+        terms=terms,
+    )
+
+
+def assert_gradient(
+    f: Callable[[], np.ndarray | float],
+    x: np.ndarray,
+    analytic: np.ndarray,
+    dout: np.ndarray | float = 1.0,
+    h: float = STEP,
+) -> GradientCheck:
+    """:func:`check_gradient`, raising when the check fails.
+
+    Returns
+    -------
+    GradientCheck
+        The passing verdict.
+
+    Raises
+    ------
+    AssertionError
+        If the check fails; the message names the error, the bound and the worst index.
+    TypeError, ValueError
+        As :func:`check_gradient`.
+    """
+    result = check_gradient(f, x, analytic, dout, h)
+    if not result.passed:
+        raise AssertionError(result.message)
+    return result
 
 
 def relative_errors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
