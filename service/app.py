@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
+from .auth import ApiKeyMiddleware, load_keys
 from .compute import ComputeSlots
 from .problems import install_problem_handlers, problem_response, problem_responses
 from .runtime import tune_malloc
@@ -206,6 +207,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout
     )
+    keys = load_keys(settings)
+    if keys:  # inside the metrics (401s are counted), outside the body limit (never read)
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
     # Outermost, so requests the body limit refuses are counted too.
     paths = [getattr(route, "path", "") for router in ALL_ROUTERS for route in router.routes]
     app.add_middleware(

@@ -77,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="cnn-service-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
     try:
+        # Imported once MULTIPROC_ENV is settled: service.auth imports the metrics.
+        from .auth import ApiKeyError, load_keys
+
+        try:
+            load_keys(settings)  # a bad key or key file stops the start here, not per worker
+        except ApiKeyError as exc:
+            print(f"cnn-service: {exc}", file=sys.stderr)
+            return 2
         uvicorn.run(
             "service.app:create_app",
             factory=True,

@@ -74,6 +74,9 @@ class Client:
     http
         An ``httpx.Client`` to send requests through instead of a new one (custom
         transports, proxies, tests against an in-process app). The caller closes it.
+    api_key
+        Sent as ``Authorization: Bearer <api_key>`` with every request, for a service
+        started with ``CNN_API_KEYS``; also set on ``http`` when that is given.
     **httpx_options
         Passed to ``httpx.Client`` when ``http`` is not given (headers, event_hooks, ...).
     """
@@ -85,6 +88,7 @@ class Client:
         timeout: float = 60.0,
         encoding: Encoding = "b64",
         http: httpx.Client | None = None,
+        api_key: str | None = None,
         **httpx_options: Any,
     ) -> None:
         if encoding not in ("list", "b64"):
@@ -92,6 +96,8 @@ class Client:
         self.encoding: Encoding = encoding
         self._owns_http = http is None
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+        if api_key is not None:
+            self._http.headers["Authorization"] = f"Bearer {api_key}"
 
     def close(self) -> None:
         """Close the connection pool (unless the ``http`` client was passed in)."""

@@ -32,6 +32,7 @@ MAX_LOC_CHARS = 60
 #: Problem ``type`` URIs, by status.
 PROBLEM_TYPES: dict[int, str] = {
     400: "urn:cnn-service:problem:malformed-request",
+    401: "urn:cnn-service:problem:unauthorized",
     404: "urn:cnn-service:problem:not-found",
     405: "urn:cnn-service:problem:method-not-allowed",
     408: "urn:cnn-service:problem:request-timeout",

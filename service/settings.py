@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -70,6 +71,16 @@ class Settings(BaseSettings):
         description="Seconds between SIGTERM and closing the listener, during which "
         "/health/ready answers 503 while requests are still served (lets load balancers "
         "stop routing here first).",
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys; when set (or api_keys_file), every route but "
+        "the probes, /metrics and the docs needs 'Authorization: Bearer <key>' (401).",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File holding API keys, one a line (a mounted secret); '#' lines skipped. "
+        "Combined with api_keys. An unreadable or empty file stops the service from starting.",
     )
 
     @property

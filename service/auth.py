@@ -1,0 +1,178 @@
+"""API keys: ``Authorization: Bearer <key>`` on every compute, model and repository route.
+
+Keys come from ``CNN_API_KEYS`` (comma-separated) and/or ``CNN_API_KEYS_FILE`` (a mounted
+secret, one key per line; blank lines and lines starting with ``#`` are skipped). With
+neither set the service is open and :class:`ApiKeyMiddleware` is not installed at all, so
+an open service pays nothing per request.
+
+Open whatever the keys: the probes and the scrape target (``/health/*``, ``/v2/health/*``,
+``/metrics``) and the documentation (``/docs``, ``/redoc``, ``/openapi.json``, their static
+assets). Everything else needs a key, the V2 server metadata ``GET /v2`` and unknown paths
+included (an unauthenticated caller learns nothing about which routes exist).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import metrics
+from .problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPES
+from .settings import Settings
+
+#: Paths that never need a key: exact paths, and prefixes (everything below them).
+OPEN_PATHS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json", "/favicon.ico"})
+OPEN_PREFIXES = ("/health/", "/v2/health/", "/static/")
+
+#: A key is visible ASCII without commas (RFC 6750's b64token is a subset), 1 to 256 chars.
+_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")
+
+_UNAUTHORIZED = 401
+
+
+class ApiKeyError(ValueError):
+    """The configured keys are unusable (a bad key, an unreadable or empty key file)."""
+
+
+def load_keys(settings: Settings) -> tuple[str, ...]:
+    """The API keys in force, from ``settings.api_keys`` and ``settings.api_keys_file``.
+
+    Returns
+    -------
+    tuple of str
+        Empty when neither setting is given (an open service).
+
+    Raises
+    ------
+    ApiKeyError
+        If a key has characters a bearer token cannot carry (the message says which
+        entry, never the key), or the key file cannot be read or holds no key: a secret
+        that failed to mount must not silently open the service.
+    """
+    keys: list[str] = []
+    if settings.api_keys:
+        keys += _checked(settings.api_keys.get_secret_value().split(","), "CNN_API_KEYS entry")
+    if settings.api_keys_file is not None:
+        path = Path(settings.api_keys_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ApiKeyError(f"CNN_API_KEYS_FILE {path}: cannot be read ({exc})") from None
+        lines = [ln for ln in text.splitlines() if not ln.strip().startswith("#")]
+        from_file = _checked(lines, f"CNN_API_KEYS_FILE {path}: line")
+        if not from_file:
+            raise ApiKeyError(f"CNN_API_KEYS_FILE {path}: holds no key")
+        keys += from_file
+    return tuple(dict.fromkeys(keys))  # duplicates dropped, order kept
+
+
+def _checked(entries: Iterable[str], what: str) -> list[str]:
+    keys = []
+    for i, entry in enumerate(entries, start=1):
+        key = entry.strip()
+        if not key:
+            continue
+        if not _KEY.fullmatch(key):
+            raise ApiKeyError(
+                f"{what} {i}: a key must be 1 to 256 visible ASCII characters without "
+                "spaces or commas"
+            )
+        keys.append(key)
+    return keys
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is served without a key (probes, metrics, documentation)."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+class ApiKeyMiddleware:
+    """Refuses (401) a request to a protected path without a valid bearer key.
+
+    Installed inside the metrics middleware, so refusals are counted by route and status,
+    and outside the body limit, so a refused request's body is never read. The offered key
+    is hashed and compared with ``hmac.compare_digest`` against every configured key's
+    hash, all of them each time: neither its length nor which key it resembles shows in
+    the time taken. The key is never logged (uvicorn's access log has no headers).
+
+    Parameters
+    ----------
+    app
+        The ASGI app to wrap.
+    keys
+        Accepted keys (at least one).
+    """
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+        self.app = app
+        self.digests = [_digest(key.encode()) for key in keys]
+        if not self.digests:
+            raise ValueError("ApiKeyMiddleware needs at least one key")
+
+    def accepts(self, authorization: bytes | None) -> bool:
+        """Whether an ``Authorization`` header value carries one of the keys."""
+        if authorization is None:
+            return False
+        scheme, _, token = authorization.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        offered = _digest(token.strip())
+        matched = False
+        for digest in self.digests:  # no early exit: the time does not depend on which matched
+            matched |= hmac.compare_digest(offered, digest)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        authorization = dict(scope.get("headers", [])).get(b"authorization")
+        if self.accepts(authorization):
+            await self.app(scope, receive, send)
+            return
+        reason = "missing" if authorization is None else "invalid"
+        metrics.REJECTED.labels(limit="auth").inc()
+        await _unauthorized(scope["path"], reason, send)
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+async def _unauthorized(path: str, reason: str, send: Send) -> None:
+    """A 401 in the dialect of the path: problem details, with the V2 protocol's ``error``
+    member on ``/v2``; ``WWW-Authenticate`` as RFC 6750 describes."""
+    if reason == "missing":
+        detail = "this route needs an API key: send 'Authorization: Bearer <key>'"
+        challenge = b'Bearer realm="cnn-service"'
+    else:
+        detail = "the API key is not valid (expected 'Authorization: Bearer <key>')"
+        challenge = b'Bearer realm="cnn-service", error="invalid_token"'
+    problem: dict[str, object] = {
+        "type": PROBLEM_TYPES[_UNAUTHORIZED],
+        "title": "Unauthorized",
+        "status": _UNAUTHORIZED,
+        "detail": detail,
+        "errors": [{"loc": ["header", "authorization"], "msg": f"{reason} API key"}],
+    }
+    if path == "/v2" or path.startswith("/v2/"):
+        problem["error"] = detail
+    body = orjson.dumps(problem)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": _UNAUTHORIZED,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", challenge),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
