@@ -83,6 +83,18 @@ class Settings(BaseSettings):
         "Combined with api_keys. An unreadable or empty file stops the service from starting.",
     )
 
+    model_repository: Path | None = Field(
+        None,
+        description="Model repository folder, one sub-folder a model (default: the bundled "
+        "service/default_models).",
+    )
+    max_model_bytes: int = Field(
+        2 * GiB, ge=1, description="Most bytes the loaded models may hold together."
+    )
+    strict_readiness: bool = Field(
+        False, description="/v2/health/ready only while every model in the repository is READY."
+    )
+
     @property
     def queue_size(self) -> int:
         """``max_queue``, or its default of 4 × ``max_concurrency``."""
@@ -99,4 +111,5 @@ class Settings(BaseSettings):
             "max_queue": self.queue_size,
             "queue_timeout": self.queue_timeout,
             "body_timeout": self.body_timeout,
+            "max_model_bytes": self.max_model_bytes,
         }
