@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, metrics
 from .auth import ApiKeyMiddleware, load_keys
 from .compute import ComputeSlots
-from .problems import install_problem_handlers, problem_response, problem_responses
+from .problems import install_problem_handlers, is_v2_path, problem_response, problem_responses
 from .runtime import tune_malloc
 from .settings import Settings
 from .tensors import TensorLimits, bound_request_tensors
@@ -86,9 +86,10 @@ class BodyLimitMiddleware:
             if exc.status == 413:
                 await self._too_large(scope, receive, send)
             else:
-                await problem_response(408, exc.detail, headers={"Connection": "close"})(
-                    scope, receive, send
+                response = problem_response(
+                    408, exc.detail, headers={"Connection": "close"}, v2=is_v2_path(scope["path"])
                 )
+                await response(scope, receive, send)
 
     def _too_large_detail(self) -> str:
         return f"the request body exceeds {self.max_bytes} bytes (CNN_MAX_BODY_BYTES)"
@@ -98,7 +99,13 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = self._too_large_detail()
-        response = problem_response(413, detail, [([], detail)], headers={"Connection": "close"})
+        response = problem_response(
+            413,
+            detail,
+            [([], detail)],
+            headers={"Connection": "close"},
+            v2=is_v2_path(scope["path"]),
+        )
         await response(scope, receive, send)
 
 

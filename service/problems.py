@@ -105,20 +105,30 @@ def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> ApiError:
     return invalid(loc, exc.message)
 
 
+def is_v2_path(path: str) -> bool:
+    """Whether ``path`` is an Open Inference Protocol route, whose errors carry ``"error"``."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def problem_response(
     status: int,
     detail: str,
     errors: Iterable[tuple[Loc, str]] = (),
     headers: Mapping[str, str] | None = None,
+    *,
+    v2: bool = False,
 ) -> Response:
-    """Render a problem details response."""
-    body = {
+    """Render a problem details response; with ``v2``, also the Open Inference Protocol's
+    ``"error"`` member (what ``tritonclient`` and other V2 clients read)."""
+    body: dict[str, Any] = {
         "type": PROBLEM_TYPES.get(status, "about:blank"),
         "title": _title(status),
         "status": status,
         "detail": _clip(detail),
         "errors": [{"loc": _clip_loc(loc), "msg": _clip(msg)} for loc, msg in errors],
     }
+    if v2:
+        body["error"] = body["detail"]
     return Response(
         orjson.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )
@@ -208,26 +218,30 @@ def install_problem_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem details."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
-        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        v2 = is_v2_path(request.url.path)
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers, v2=v2)
 
     @app.exception_handler(CnnError)
-    async def _cnn_error(_: Request, exc: CnnError) -> Response:
+    async def _cnn_error(request: Request, exc: CnnError) -> Response:
         err = from_cnn_error(exc)
-        return problem_response(err.status, err.detail, err.errors)
+        return problem_response(err.status, err.detail, err.errors, v2=is_v2_path(request.url.path))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         return _validation_problem(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        v2 = is_v2_path(request.url.path)
+        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers, v2=v2)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "Internal error; it has been logged.")
+        return problem_response(
+            500, "Internal error; it has been logged.", v2=is_v2_path(request.url.path)
+        )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
