@@ -21,6 +21,8 @@ from . import __version__
 from .settings import MULTIPROC_ENV, Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MODEL_REPOSITORY_ENV = "CNN_MODEL_REPOSITORY"
+MODEL_NAME_ENV = "CNN_MODEL_NAME"
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:
@@ -34,7 +36,11 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
         "--host", default=settings.host, help="address to listen on (CNN_HOST; %(default)s)"
     )
     parser.add_argument(
-        "--port", type=int, default=settings.port, help="TCP port (CNN_PORT; %(default)s)"
+        "--port",
+        "--http_port",  # KServe's spelling
+        type=int,
+        default=settings.port,
+        help="TCP port (CNN_PORT; %(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -48,8 +54,31 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
         default=settings.log_level.lower(),
         help="uvicorn log level (CNN_LOG_LEVEL; %(default)s)",
     )
+    kserve = parser.add_argument_group(
+        "KServe runtime arguments",
+        "As a KServe ServingRuntime passes them: serve the one model whose files "
+        "(model.json or model.onnx) are directly in --model_dir, named --model_name. "
+        "Both or neither.",
+    )
+    kserve.add_argument("--model_name", metavar="NAME", help="the model's name (CNN_MODEL_NAME)")
+    kserve.add_argument(
+        "--model_dir",
+        metavar="DIR",
+        help="the model's folder, e.g. /mnt/models (becomes CNN_MODEL_REPOSITORY)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
+    if (args.model_name is None) != (args.model_dir is None):
+        parser.error("--model_name and --model_dir go together (KServe passes both)")
+    if args.model_dir is not None and not os.path.isdir(args.model_dir):
+        parser.error(f"--model_dir {args.model_dir!r} is not a directory")
+    if args.model_name is not None:
+        from .models.repository import ModelNameError, check_name
+
+        try:
+            check_name(args.model_name)
+        except ModelNameError as exc:
+            parser.error(f"--model_name: {exc}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, got {args.port}")
     if args.workers < 1:
@@ -67,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnn-service: invalid CNN_* environment variable:\n{exc}", file=sys.stderr)
         return 2
     args = parse_args(argv, settings)
+
+    if args.model_name is not None:
+        # Every worker builds its app from the environment: KServe's single model goes there.
+        os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_dir)
+        os.environ[MODEL_NAME_ENV] = args.model_name
 
     import uvicorn
 

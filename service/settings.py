@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     strict_readiness: bool = Field(
         False, description="/v2/health/ready only while every model in the repository is READY."
     )
+    model_name: str | None = Field(
+        None,
+        description="KServe's single-model layout (the CLI's --model_name): the repository "
+        "folder itself holds one model's files (model.json or model.onnx), served under "
+        "this name; nothing else is scanned.",
+    )
 
     @property
     def queue_size(self) -> int:
