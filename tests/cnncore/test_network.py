@@ -20,12 +20,9 @@ from cnncore import (
     network_info,
     network_loss,
 )
-from cnncore.gradcheck import numerical_gradient
+from cnncore.gradcheck import assert_gradient
 from cnncore.network_shapes import FlattenSpec, LayerError, Pool2dSpec, ReluSpec
 from tests.helpers import assert_close
-
-# Finite differences of a loss near 1: roundoff ~1e-10, so compare with both tolerances.
-GRAD_TOL = {"rtol": 1e-5, "atol": 1e-8}
 
 
 def small_cnn(rng: np.random.Generator, dtype: Any = np.float64) -> tuple[np.ndarray, list]:
@@ -113,8 +110,7 @@ def test_every_gradient_matches_central_differences(
     dx, grads = network_backward(dout, cache)
     analytic = dx if index is None else grads[index]["d" + name]
     target = x if index is None else getattr(layers[index], name)
-    numeric = numerical_gradient(lambda: loss_of(x, layers, loss), target)
-    np.testing.assert_allclose(analytic, numeric, **GRAD_TOL)
+    assert_gradient(lambda: loss_of(x, layers, loss), target, analytic)
 
 
 def test_mse_is_the_mean_over_all_elements(rng: np.random.Generator) -> None:
@@ -131,8 +127,7 @@ def test_given_dout_is_backpropagated(rng: np.random.Generator) -> None:
     out, cache = network_forward(x, layers)
     dout = rng.standard_normal(out.shape)
     dx, _ = network_backward(dout, cache)
-    numeric = numerical_gradient(lambda: network_forward(x, layers)[0], x, dout)
-    np.testing.assert_allclose(dx, numeric, **GRAD_TOL)
+    assert_gradient(lambda: network_forward(x, layers)[0], x, dx, dout)
 
 
 def test_a_linear_only_network_on_2d_input(rng: np.random.Generator) -> None:
@@ -142,8 +137,7 @@ def test_a_linear_only_network_on_2d_input(rng: np.random.Generator) -> None:
     assert_close(out, np.maximum(x @ layers[0].w, 0) @ layers[2].w)
     dx, grads = network_backward(np.ones_like(out), cache)
     assert grads[0]["db"] is None
-    numeric = numerical_gradient(lambda: network_forward(x, layers)[0], x)
-    np.testing.assert_allclose(dx, numeric, **GRAD_TOL)
+    assert_gradient(lambda: network_forward(x, layers)[0], x, dx)
 
 
 def test_activations_and_info_agree(rng: np.random.Generator) -> None:
