@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, metrics
 from .auth import ApiKeyMiddleware, load_keys
 from .compute import ComputeSlots
+from .models import DEFAULT_REPOSITORY, ModelRepository
 from .problems import install_problem_handlers, is_v2_path, problem_response, problem_responses
 from .runtime import tune_malloc
 from .settings import Settings
@@ -181,6 +182,23 @@ def _openapi_with_limits(app: FastAPI, max_elements: int) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def open_repository(settings: Settings) -> ModelRepository:
+    """The model repository of ``settings`` (the bundled default folder when unset, which
+    may be missing), every model in it loaded.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``CNN_MODEL_REPOSITORY`` names something that is not a directory.
+    """
+    root = settings.model_repository
+    repo = ModelRepository(
+        root or DEFAULT_REPOSITORY, settings.max_model_bytes, must_exist=root is not None
+    )
+    repo.scan()
+    return repo
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application.
 
@@ -190,6 +208,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Limits and options; read from ``CNN_*`` environment variables when omitted.
     """
     from .routes import ALL_ROUTERS, docs  # routes import schemas, which import this package
+    from .v2.routes import router as v2_router
+
+    routers = [*ALL_ROUTERS, v2_router]
 
     settings = settings or Settings()
     app = FastAPI(
@@ -206,9 +227,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.max_concurrency, settings.queue_timeout, settings.retry_after, settings.queue_size
     )
     app.state.ready = True
+    app.state.models = open_repository(settings)
     _openapi_with_limits(app, settings.max_elements)
     install_problem_handlers(app)
-    for router in ALL_ROUTERS:
+    for router in routers:
         app.include_router(router)
     app.mount(docs.STATIC_PATH, docs.static_files(), name="static")
     app.add_middleware(
@@ -218,7 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if keys:  # inside the metrics (401s are counted), outside the body limit (never read)
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     # Outermost, so requests the body limit refuses are counted too.
-    paths = [getattr(route, "path", "") for router in ALL_ROUTERS for route in router.routes]
+    paths = [getattr(route, "path", "") for router in routers for route in router.routes]
     app.add_middleware(
         metrics.MetricsMiddleware,
         paths=[*paths, app.openapi_url or "/openapi.json"],

@@ -47,6 +47,24 @@ REJECTED = Counter(
     ["limit"],
 )
 
+MODEL_REQUESTS = Counter(
+    "cnn_model_requests_total",
+    "Inference requests by model (a known model's name, else 'other') and status.",
+    ["model", "status"],
+)
+MODEL_LATENCY = Histogram(
+    "cnn_model_request_duration_seconds",
+    "Inference request latency by model.",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+MODEL_IN_FLIGHT = Gauge(
+    "cnn_model_requests_in_flight",
+    "Inference requests being served now, by model.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+
 #: Label of a path that matches no route, or of an unusual method (keeps labels bounded).
 OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

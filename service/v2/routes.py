@@ -1,0 +1,333 @@
+"""The Open Inference Protocol's REST routes (KServe V2), with Triton's binary tensor data
+and model repository extensions. The ``/versions/1`` segment is optional everywhere.
+
+Errors are problem details with the protocol's ``"error"`` member (see
+:func:`service.problems.problem_response`): 400 for a request that does not fit the
+protocol or the model, 404 for an unknown model or version, 413 over a limit, 503
+with ``Retry-After`` when overloaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+import cnncore
+
+from .. import __version__, metrics
+from ..models import Model, ModelEntry, ModelNameError, ModelNotFoundError, ModelRepository
+from ..models.model import VERSION, ModelState
+from ..problems import ApiError
+from ..routing import JSONResponse, settings_of, slots_of
+from .binary import HEADER_LENGTH, bad_request, encode_response, split_body
+from .protocol import compute, model_metadata, plan_request, response_head
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+#: An error on /v2: problem details with the protocol's ``error`` member.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+_TENSOR_PARAMETERS = {
+    "type": "object",
+    "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+}
+#: The JSON part of an inference request (the protocol's $inference_request).
+INFERENCE_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_output": {"type": "boolean"}},
+        },
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string", "examples": ["x", "labels", "target", "out_grad"]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["FP32", "FP64", "INT64", "INT32"]},
+                    "parameters": _TENSOR_PARAMETERS,
+                    "data": {"type": "array"},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "examples": ["out", "loss", "grad/x", "grad/*"]},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data": {"type": "boolean"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": text,
+        "content": {"application/problem+json": {"schema": ERROR_SCHEMA}},
+    }
+    for status, text in {
+        400: "The request does not fit the protocol or the model; `error` says why.",
+        404: "Unknown model or version.",
+        413: "Body, tensor, compute or memory budget too large.",
+        503: "Overloaded; retry after `Retry-After` seconds.",
+    }.items()
+}
+
+
+def repository_of(request: Request) -> ModelRepository:
+    """The app's model repository."""
+    repo: ModelRepository = request.app.state.models
+    return repo
+
+
+def _entry(request: Request, name: str) -> ModelEntry:
+    """The entry of model ``name`` (404 unknown, 400 an invalid name), at the path's version."""
+    version = request.path_params.get("version")
+    try:
+        entry = repository_of(request).entry(name)
+    except ModelNameError as exc:
+        raise bad_request(str(exc), ["path", "model"]) from None
+    except ModelNotFoundError as exc:
+        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
+    if version is not None and version != VERSION:
+        raise ApiError(
+            404,
+            f"model {name!r} has no version {version[:20]!r}; its only version is '{VERSION}'",
+            [(["path", "version"], "unknown version")],
+        )
+    return entry
+
+
+def _ready_model(request: Request, name: str) -> Model:
+    """Model ``name`` if it is READY, else a 400 with its reason."""
+    entry = _entry(request, name)
+    if entry.model is None:
+        raise bad_request(
+            f"model {name!r} is {entry.state.value}: {entry.reason}", ["path", "model"]
+        )
+    return entry.model
+
+
+def _both(path: str) -> list[str]:
+    """``path`` with and without the ``/versions/{version}`` segment."""
+    return [path.replace("{v}", ""), path.replace("{v}", "/versions/{version}")]
+
+
+def _route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Register a handler on both forms of ``path`` (``{v}``: nothing, or
+    ``/versions/{version}``, which the handler reads from ``request.path_params``)."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for p in _both(path):
+            router.add_api_route(p, fn, methods=[method], responses=_ERRORS, **kwargs)
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- server
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata(request: Request) -> Response:
+    """Name, version and the protocol extensions supported."""
+    return JSONResponse({"name": "cnn-service", "version": __version__, "extensions": EXTENSIONS})
+
+
+@router.get("/health/live", summary="Server live")
+async def server_live() -> Response:
+    """200 while the process answers."""
+    return JSONResponse({"live": True})
+
+
+@router.get("/health/ready", summary="Server ready", responses=_ERRORS)
+async def server_ready(request: Request) -> Response:
+    """200 once the repository has been read, whatever each model's state (with
+    ``CNN_STRICT_READINESS=true``: only while every model is READY); 400 otherwise, and
+    while shutting down."""
+    repo = repository_of(request)
+    if not getattr(request.app.state, "ready", True):
+        raise bad_request("shutting down: this instance no longer accepts new requests")
+    if not repo.scanned:
+        raise bad_request("the model repository has not been read yet")
+    if settings_of(request).strict_readiness:
+        down = [e.name for e in repo.index() if e.state is not ModelState.READY]
+        if down:
+            raise bad_request(
+                f"strict readiness: {len(down)} model(s) not READY: {', '.join(down[:5])}"
+            )
+    return JSONResponse({"ready": True})
+
+
+# --------------------------------------------------------------------------- models
+
+
+@_route("GET", "/models/{model}{v}", summary="Model metadata")
+async def model_metadata_route(request: Request, model: str) -> Response:
+    """Every input the model accepts and every output it can answer."""
+    return JSONResponse(model_metadata(_ready_model(request, model)))
+
+
+@_route("GET", "/models/{model}{v}/ready", summary="Model ready")
+async def model_ready(request: Request, model: str) -> Response:
+    """200 when the model is READY, else 400 with its reason."""
+    found = _ready_model(request, model)
+    return JSONResponse({"name": found.name, "version": found.version, "ready": True})
+
+
+_INFER_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": INFERENCE_REQUEST_SCHEMA},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+            },
+        },
+        "description": "The JSON inference request, followed by binary tensor data when "
+        f"the {HEADER_LENGTH} header gives the JSON part's length.",
+    }
+}
+
+
+@_route("POST", "/models/{model}{v}/infer", summary="Inference", openapi_extra=_INFER_BODY)
+async def infer(request: Request, model: str) -> Response:
+    """Run the model on ``x``; with an upstream signal (``labels``, ``target`` or
+    ``out_grad``), also ``loss``, ``probabilities`` and gradients ``grad/...``."""
+    label = model if model in repository_of(request).names() else metrics.OTHER
+    with _observed(label), slots_of(request).admit():
+        found = _ready_model(request, model)
+        body = await request.body()
+        header_length = request.headers.get(HEADER_LENGTH)
+        content, length, media_type = await run_in_threadpool(
+            _infer, request, found, body, header_length
+        )
+    headers = {HEADER_LENGTH: str(length)} if length is not None else None
+    return Response(content, media_type=media_type, headers=headers)
+
+
+def _infer(
+    request: Request, model: Model, body: bytes, header_length: str | None
+) -> tuple[bytes, int | None, str]:
+    """Parse, check, compute and encode one inference request (in a worker thread)."""
+    header, binary = split_body(body, header_length)
+    head = body[: len(body) - len(binary)]
+    may_hold_bools = b"true" in head or b"false" in head
+    plan = plan_request(model, header, binary, settings_of(request), may_hold_bools)
+    with slots_of(request).acquire():
+        try:
+            outputs = compute(plan)
+        except cnncore.CnnError as exc:  # shapes were checked; a core refusal is still a 400
+            raise bad_request(str(exc)) from None
+    return encode_response(response_head(plan), outputs)
+
+
+@contextmanager
+def _observed(label: str) -> Iterator[None]:
+    """Count, time and gauge one inference request under its model's label."""
+    start = time.perf_counter()
+    status = "500"
+    metrics.MODEL_IN_FLIGHT.labels(model=label).inc()
+    try:
+        yield
+        status = "200"
+    except ApiError as exc:
+        status = str(exc.status)
+        raise
+    finally:
+        metrics.MODEL_IN_FLIGHT.labels(model=label).dec()
+        metrics.MODEL_LATENCY.labels(model=label).observe(time.perf_counter() - start)
+        metrics.MODEL_REQUESTS.labels(model=label, status=status).inc()
+
+
+# --------------------------------------------------------------------------- repository
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """An optional JSON object body (empty is ``{}``), as the repository routes take."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise bad_request("the request body must be a JSON object")
+    return doc
+
+
+@router.post("/repository/index", summary="Repository index", responses=_ERRORS)
+async def repository_index(request: Request) -> Response:
+    """Every model with its state and, when UNAVAILABLE, the reason; ``{"ready": true}``
+    lists only the READY ones."""
+    ready_only = (await _json_body(request)).get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise bad_request("ready must be true or false", ["ready"])
+    entries = repository_of(request).index()
+    return JSONResponse(
+        [e.as_index() for e in entries if not ready_only or e.state is ModelState.READY]
+    )
+
+
+@router.post("/repository/models/{model}/load", summary="Load a model", responses=_ERRORS)
+async def repository_load(request: Request, model: str) -> Response:
+    """(Re)read the model's folder and swap the new model in atomically; requests
+    already running finish with the old one. An invalid model is a 400 with its reason
+    (and UNAVAILABLE in the index)."""
+    params = (await _json_body(request)).get("parameters", {})
+    if not isinstance(params, dict):
+        raise bad_request("parameters must be an object", ["parameters"])
+    if "config" in params or any(str(k).startswith("file:") for k in params):
+        raise bad_request(
+            "loading from a config or files in the request is not supported: put the model "
+            "in the repository folder",
+            ["parameters"],
+        )
+    repo = repository_of(request)
+    try:
+        entry = await run_in_threadpool(repo.load, model)
+    except ModelNameError as exc:
+        raise bad_request(str(exc), ["path", "model"]) from None
+    except ModelNotFoundError as exc:
+        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
+    if entry.model is None:
+        raise bad_request(f"failed to load {model!r}: {entry.reason}", ["path", "model"])
+    return JSONResponse({})
+
+
+@router.post("/repository/models/{model}/unload", summary="Unload a model", responses=_ERRORS)
+async def repository_unload(request: Request, model: str) -> Response:
+    """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish."""
+    await _json_body(request)
+    try:
+        repository_of(request).unload(model)
+    except ModelNameError as exc:
+        raise bad_request(str(exc), ["path", "model"]) from None
+    except ModelNotFoundError as exc:
+        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
+    return JSONResponse({})
