@@ -193,7 +193,10 @@ def open_repository(settings: Settings) -> ModelRepository:
     """
     root = settings.model_repository
     repo = ModelRepository(
-        root or DEFAULT_REPOSITORY, settings.max_model_bytes, must_exist=root is not None
+        root or DEFAULT_REPOSITORY,
+        settings.max_model_bytes,
+        must_exist=root is not None,
+        single_model=settings.model_name,
     )
     repo.scan()
     return repo

@@ -66,8 +66,20 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
         metavar="DIR",
         help="the model's folder, e.g. /mnt/models (becomes CNN_MODEL_REPOSITORY)",
     )
+    parser.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="model repository folder, one sub-folder a model (CNN_MODEL_REPOSITORY; "
+        "default: the bundled models). Check one first with: cnn-service models "
+        "--model-repository DIR",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
+    if args.model_repository is not None:
+        if args.model_dir is not None:
+            parser.error("--model-repository and --model_dir exclude each other")
+        if not os.path.isdir(args.model_repository):
+            parser.error(f"--model-repository {args.model_repository!r} is not a directory")
     if (args.model_name is None) != (args.model_dir is None):
         parser.error("--model_name and --model_dir go together (KServe passes both)")
     if args.model_dir is not None and not os.path.isdir(args.model_dir):
@@ -95,8 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"cnn-service: invalid CNN_* environment variable:\n{exc}", file=sys.stderr)
         return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "models":
+        return models_main(argv[1:], settings)
     args = parse_args(argv, settings)
 
+    if args.model_repository is not None:
+        os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_repository)
     if args.model_name is not None:
         # Every worker builds its app from the environment: KServe's single model goes there.
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_dir)
@@ -133,3 +150,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             del os.environ[MULTIPROC_ENV]
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def models_main(argv: Sequence[str], settings: Settings) -> int:
+    """``cnn-service models [--model-repository DIR]``: load every model of the repository
+    as the server would, print the index, and exit 1 when any model is unavailable (so a
+    repository can be checked before it is deployed)."""
+    parser = argparse.ArgumentParser(
+        prog="cnn-service models",
+        description="Load the model repository as the server would and print each model's "
+        "state; exit status 1 when any model is UNAVAILABLE.",
+    )
+    parser.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        default=settings.model_repository,
+        help="the repository folder (CNN_MODEL_REPOSITORY; default: the bundled models)",
+    )
+    args = parser.parse_args(argv)
+    from .app import open_repository
+
+    try:
+        repo = open_repository(
+            settings.model_copy(update={"model_repository": args.model_repository})
+        )
+    except FileNotFoundError as exc:
+        print(f"cnn-service models: {exc}", file=sys.stderr)
+        return 2
+    entries = repo.index()
+    print(f"model repository {repo.root}: {len(entries)} model(s)")
+    for e in entries:
+        print(f"{e.name}  {e.platform or '-'}  {e.state.value}")
+        if e.model is not None:
+            ops = ", ".join(f"{op} {n}" for op, n in sorted(e.model.op_counts.items()))
+            print(f"    {ops}; {e.model.nbytes} bytes of parameters")
+        else:
+            print(f"    {e.reason}")
+    return 1 if any(e.model is None for e in entries) else 0

@@ -112,6 +112,9 @@ class ModelRepository:
         that would exceed it is ``UNAVAILABLE`` and says so.
     must_exist
         Whether a missing ``root`` is an error.
+    single_model
+        KServe's layout: ``root`` itself holds one model's file, served under this name
+        (``CNN_MODEL_NAME``); no sub-folder is read.
 
     Raises
     ------
@@ -119,8 +122,16 @@ class ModelRepository:
         If ``must_exist`` and ``root`` is not a directory.
     """
 
-    def __init__(self, root: Path, max_model_bytes: int, *, must_exist: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_model_bytes: int,
+        *,
+        must_exist: bool = True,
+        single_model: str | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.single_model = None if single_model is None else check_name(single_model)
         if must_exist and not self.root.is_dir():
             raise FileNotFoundError(f"the model repository {str(self.root)!r} is not a directory")
         self.max_model_bytes = max_model_bytes
@@ -165,6 +176,10 @@ class ModelRepository:
         skipped); returns the index. A folder whose name is not a valid model name is
         listed as ``UNAVAILABLE`` under a safe form of its name."""
         with self._lock:
+            if self.single_model is not None:
+                self._entries[self.single_model] = self._read(self.single_model)
+                self.scanned = True
+                return self.index()
             folders = sorted(p.name for p in self._folders())
             for folder in folders:
                 try:
@@ -224,6 +239,11 @@ class ModelRepository:
         return [p for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir()]
 
     def _folder(self, name: str) -> Path:
+        """The folder of model ``name`` (it may not exist)."""
+        if self.single_model is not None:
+            if name != self.single_model:
+                raise ModelNotFoundError(f"unknown model {name!r}: this server holds one model")
+            return self.root
         return self.root / check_name(name)
 
     def _read(self, name: str) -> ModelEntry:

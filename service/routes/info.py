@@ -32,6 +32,9 @@ class Info(BaseModel):
         description="Limits in force (set with CNN_* environment variables)."
     )
     pid: int = Field(description="Process id of the worker that answered.")
+    models: list[dict[str, Any]] = Field(
+        description="The model repository's models: name, version, platform, state, reason."
+    )
 
 
 @functools.cache
@@ -66,5 +69,8 @@ async def info(request: Request) -> Response:
             "blas": list(blas_info()),
             "limits": settings_of(request).limits(),
             "pid": os.getpid(),
+            "models": [
+                {**e.as_index(), "platform": e.platform} for e in request.app.state.models.index()
+            ],
         }
     )
