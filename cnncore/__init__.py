@@ -18,6 +18,7 @@ from .geometry import (
     linear_info,
     pool2d_geometry,
 )
+from .graph import Graph, GraphError, Node
 from .linear import linear_backward, linear_forward
 from .losses import log_softmax, mse_loss, softmax_cross_entropy
 from .network import (
@@ -39,10 +40,13 @@ __all__ = [
     "CnnError",
     "Conv2d",
     "DtypeError",
+    "Graph",
+    "GraphError",
     "LayerError",
     "LayerInfo",
     "Linear",
     "MeanSquaredError",
+    "Node",
     "ParameterError",
     "ShapeError",
     "SoftmaxCrossEntropy",

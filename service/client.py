@@ -23,6 +23,7 @@ import base64
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -32,6 +33,10 @@ Encoding = Literal["list", "b64"]
 IntOrPair = int | tuple[int, int]
 Padding = int | tuple[int, int] | tuple[int, int, int, int] | str
 
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+_JSON = {"Content-Type": "application/json"}
+_V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64"}
+_NUMPY_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4"}
 _WIRE_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 
 
@@ -301,6 +306,93 @@ class Client:
         """``{"status": "ok"}``; a server that is shutting down raises a 503 ServiceError."""
         return self._get(f"/health/{probe}")
 
+    # -- models (Open Inference Protocol, binary tensors on the wire) --------------------
+
+    def infer(
+        self,
+        model: str,
+        x: np.ndarray,
+        *,
+        labels: np.ndarray | Sequence[int] | None = None,
+        target: np.ndarray | None = None,
+        out_grad: np.ndarray | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run model ``model`` of the repository on ``x`` (``POST /v2/models/{model}/infer``).
+
+        Parameters
+        ----------
+        model
+            The model's name.
+        x : ndarray, the model's input shape (any batch size where it says -1)
+            float32 or float64, the model's datatype (other numbers are sent as float64).
+        labels : int array, shape (N,), optional
+            Class indices: the loss is the mean softmax cross-entropy.
+        target : ndarray, the output's shape, optional
+            The loss is the mean squared error.
+        out_grad : ndarray, the output's shape, optional
+            dL/d``out`` given directly. At most one of ``labels``, ``target``, ``out_grad``.
+        outputs
+            Names to answer: ``"out"``, ``"loss"``, ``"probabilities"``, ``"grad/x"``,
+            ``"grad/<parameter>"`` (``"grad/0.w"``), ``"grad/*"``. Default: ``out``, plus
+            ``loss`` and ``probabilities`` with a loss input.
+
+        Returns
+        -------
+        dict
+            Output name -> array (the model's dtype; ``loss`` has shape ``(1,)``).
+
+        Raises
+        ------
+        ServiceError
+            The server's error (``detail`` says which input or output is at fault).
+        """
+        x = np.asarray(x)
+        dtype = x.dtype if x.dtype.name in ("float32", "float64") else np.dtype(np.float64)
+        tensors: list[tuple[str, np.ndarray]] = [("x", x.astype(dtype, copy=False))]
+        if labels is not None:
+            tensors.append(("labels", np.asarray(labels, dtype=np.int64)))
+        for name, arr in (("target", target), ("out_grad", out_grad)):
+            if arr is not None:
+                tensors.append((name, np.asarray(arr, dtype=dtype)))
+        specs, chunks = [], []
+        for name, arr in tensors:
+            le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            specs.append(
+                {
+                    "name": name,
+                    "shape": list(arr.shape),
+                    "datatype": _V2_DATATYPES[arr.dtype.name],
+                    "parameters": {"binary_data_size": le.nbytes},
+                }
+            )
+            chunks.append(le.data)
+        request: dict[str, Any] = {"inputs": specs, "parameters": {"binary_data_output": True}}
+        if outputs is not None:
+            request["outputs"] = [{"name": n, "parameters": {"binary_data": True}} for n in outputs]
+        header = orjson.dumps(request)
+        response = self._request(
+            "POST",
+            f"/v2/models/{quote(model, safe='')}/infer",
+            b"".join([header, *chunks]),
+            {
+                "Content-Type": "application/octet-stream",
+                _HEADER_LENGTH: str(len(header)),
+            },
+        )
+        return _decode_v2(response)
+
+    def model_metadata(self, model: str) -> dict[str, Any]:
+        """``GET /v2/models/{model}``: name, versions, platform, inputs and outputs."""
+        return self._get(f"/v2/models/{quote(model, safe='')}")
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """``POST /v2/repository/index``: every model with its state and reason."""
+        index: list[dict[str, Any]] = orjson.loads(
+            self._request("POST", "/v2/repository/index", b"{}", _JSON).content
+        )
+        return index
+
     # -- transport ---------------------------------------------------------------------
 
     def _tensor(self, arr: np.ndarray) -> dict[str, Any]:
@@ -353,7 +445,14 @@ class Client:
         return self._send("GET", path, None)
 
     def _send(self, method: str, path: str, content: bytes | None) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"} if content is not None else {}
+        headers = _JSON if content is not None else {}
+        result: dict[str, Any] = orjson.loads(self._request(method, path, content, headers).content)
+        return result
+
+    def _request(
+        self, method: str, path: str, content: bytes | None, headers: dict[str, str]
+    ) -> httpx.Response:
+        """Send a request; a failure to connect or a non-2xx answer raises ServiceError."""
         try:
             response = self._http.request(method, path, content=content, headers=headers)
         except httpx.HTTPError as exc:
@@ -361,8 +460,7 @@ class Client:
             raise ServiceError(None, problem) from exc
         if not response.is_success:
             raise ServiceError(response.status_code, _problem(response))
-        result: dict[str, Any] = orjson.loads(response.content)
-        return result
+        return response
 
 
 def _decode(wire: Any, meta: dict[str, Any]) -> np.ndarray:
@@ -374,6 +472,26 @@ def _decode(wire: Any, meta: dict[str, Any]) -> np.ndarray:
     if isinstance(wire, dict):
         return np.asarray(wire["data"], dtype=wire["dtype"]).reshape(wire["shape"])
     return np.asarray(wire, dtype=meta["dtype"])
+
+
+def _decode_v2(response: httpx.Response) -> dict[str, np.ndarray]:
+    """The outputs of an inference response, binary or JSON, as writable arrays."""
+    body = response.content
+    length = response.headers.get(_HEADER_LENGTH)
+    size = int(length) if length is not None else len(body)
+    header = orjson.loads(body[:size])
+    offset = size
+    result: dict[str, np.ndarray] = {}
+    for out in header["outputs"]:
+        dtype = np.dtype(_NUMPY_DTYPES[out["datatype"]])
+        nbytes = (out.get("parameters") or {}).get("binary_data_size")
+        if nbytes is None:
+            result[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+            continue
+        flat = np.frombuffer(body, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
+        result[out["name"]] = flat.reshape(out["shape"]).astype(dtype.newbyteorder("="))
+        offset += nbytes
+    return result
 
 
 def _decode_optional(wire: Any, meta: dict[str, Any]) -> np.ndarray | None:
