@@ -10,7 +10,7 @@ import pytest
 from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
 from cnncore.gradcheck import assert_gradient
 from cnncore.pool import pool2d_backward, pool2d_forward
-from tests.helpers import assert_close
+from tests.helpers import assert_close, pool_magnitudes
 
 NAIVE = {
     "max": (reference.max_pool_forward_naive, reference.max_pool_backward_naive),
@@ -121,15 +121,11 @@ def check_against_reference(
     x: np.ndarray, dout_rng: np.random.Generator, mode: str, *case: Any
 ) -> None:
     kernel, stride, padding, ceil_mode, count_include_pad = case
-    out, cache = pool2d_forward(
-        x,
-        kernel_size=kernel,
-        stride=stride,
-        padding=padding,
-        mode=mode,
-        ceil_mode=ceil_mode,
-        count_include_pad=count_include_pad,
-    )
+    kwargs = dict(
+        kernel_size=kernel, stride=stride, padding=padding, mode=mode,
+        ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+    )  # fmt: skip
+    out, cache = pool2d_forward(x, **kwargs)
     param = pool_param(
         kernel,
         kernel if stride is None else stride,
@@ -143,10 +139,11 @@ def check_against_reference(
     dout = dout_rng.standard_normal(out.shape).astype(x.dtype)
     assert out.dtype == x.dtype
     assert out.shape == expected.shape
-    assert_close(out, expected)
+    bound = pool_magnitudes(x, dout, kwargs)
+    assert_close(out, expected, bound=bound["out"])  # max: exact; avg: a sum of kh·kw
     dx = pool2d_backward(dout, cache)
     assert dx.dtype == x.dtype
-    assert_close(dx, backward(dout.astype(np.float64), ref_cache))
+    assert_close(dx, backward(dout.astype(np.float64), ref_cache), bound=bound["dx"])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -273,10 +270,11 @@ def test_matches_torch(
     torch = pytest.importorskip("torch")
     fn = torch.nn.functional
     x = rng.integers(0, 4, size=(2, 3, h, w)).astype(np.float64)  # ties included
-    out, cache = pool2d_forward(
-        x, kernel_size=kernel, stride=stride, padding=padding, mode=mode,
+    kwargs = dict(
+        kernel_size=kernel, stride=stride, padding=padding, mode=mode,
         ceil_mode=ceil_mode, count_include_pad=cip,
     )  # fmt: skip
+    out, cache = pool2d_forward(x, **kwargs)
     dout = rng.standard_normal(out.shape)
     xt = torch.tensor(x, requires_grad=True)
     if mode == "max":
@@ -284,8 +282,9 @@ def test_matches_torch(
     else:
         ot = fn.avg_pool2d(xt, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=cip)
     ot.backward(torch.tensor(dout))
-    assert_close(out, ot.detach().numpy())
-    assert_close(pool2d_backward(dout, cache), xt.grad.numpy())
+    bound = pool_magnitudes(x, dout, kwargs)
+    assert_close(out, ot.detach().numpy(), bound=bound["out"])
+    assert_close(pool2d_backward(dout, cache), xt.grad.numpy(), bound=bound["dx"])
 
 
 # --------------------------------------------------------------------------- errors
