@@ -372,7 +372,13 @@ def write_model(params: Params, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/digits/model.json`` (folders created); return its path."""
     path = Path(out_dir) / "digits" / "model.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(model_document(params), indent=1) + "\n")
+    doc = model_document(params)
+    layer_lines = ",\n  ".join(json.dumps(layer) for layer in doc["layers"])
+    path.write_text(  # one layer a line: the file reads as the network it is
+        f'{{"inputs": {json.dumps(doc["inputs"])},\n'
+        f' "layers": [\n  {layer_lines}\n ],\n'
+        f' "labels": {json.dumps(doc["labels"])}}}\n'
+    )
     return path
 
 
