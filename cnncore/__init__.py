@@ -32,6 +32,7 @@ from .network import (
     network_loss,
 )
 from .network_shapes import LayerError
+from .onnx import load_onnx
 from .pool import pool2d_backward, pool2d_forward
 
 __version__ = "0.1.0"
@@ -59,6 +60,7 @@ __all__ = [
     "linear_backward",
     "linear_forward",
     "linear_info",
+    "load_onnx",
     "log_softmax",
     "mse_loss",
     "network_backward",
