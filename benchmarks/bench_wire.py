@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import os
 import statistics
@@ -53,6 +52,7 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import pybase64
 
 if __package__ in (None, ""):  # run as a script: make the packages importable from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -122,7 +122,7 @@ def b64_tensor(arr: np.ndarray) -> dict[str, Any]:
     return {
         "shape": list(arr.shape),
         "dtype": arr.dtype.name,
-        "b64": base64.b64encode(le).decode("ascii"),
+        "b64": pybase64.b64encode(le.data).decode("ascii"),
     }
 
 
@@ -175,7 +175,7 @@ def decode_v1(response: httpx.Response) -> np.ndarray:
     out = orjson.loads(response.content)["out"]
     if isinstance(out, dict):
         dtype = np.dtype(out["dtype"]).newbyteorder("<")
-        return np.frombuffer(base64.b64decode(out["b64"]), dtype=dtype).reshape(out["shape"])
+        return np.frombuffer(pybase64.b64decode(out["b64"]), dtype=dtype).reshape(out["shape"])
     return np.asarray(out)
 
 

@@ -19,7 +19,6 @@ network failure or timeout (``status`` is ``None``; the httpx exception is the
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import orjson
+import pybase64
 
 Encoding = Literal["list", "b64"]
 IntOrPair = int | tuple[int, int]
@@ -405,7 +405,7 @@ class Client:
         wire: dict[str, Any] = {"shape": list(arr.shape), "dtype": name}
         if self.encoding == "b64":
             le = np.ascontiguousarray(arr, dtype=np.dtype(name).newbyteorder("<"))
-            wire["b64"] = base64.b64encode(le.tobytes()).decode("ascii")
+            wire["b64"] = pybase64.b64encode(le.data).decode("ascii")
         else:  # orjson writes the numbers straight from the array
             wire["data"] = np.ascontiguousarray(arr, dtype=name).ravel()
         return wire
@@ -467,7 +467,7 @@ def _decode(wire: Any, meta: dict[str, Any]) -> np.ndarray:
     """A response tensor as an array of the computation's dtype (``meta["dtype"]``)."""
     if isinstance(wire, dict) and "b64" in wire:
         le = np.dtype(wire["dtype"]).newbyteorder("<")
-        flat = np.frombuffer(base64.b64decode(wire["b64"]), dtype=le)
+        flat = np.frombuffer(pybase64.b64decode(wire["b64"]), dtype=le)
         return flat.reshape(wire["shape"]).astype(le.newbyteorder("="))  # a writable copy
     if isinstance(wire, dict):
         return np.asarray(wire["data"], dtype=wire["dtype"]).reshape(wire["shape"])
