@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -240,7 +241,9 @@ def _infer(
     plan = plan_request(model, header, binary, settings_of(request), may_hold_bools)
     with slots_of(request).acquire():
         try:
-            outputs = compute(plan)
+            # Overflow is not a warning to log: non-finite outputs are refused when encoded.
+            with np.errstate(all="ignore"):
+                outputs = compute(plan)
         except cnncore.CnnError as exc:  # shapes were checked; a core refusal is still a 400
             raise bad_request(str(exc)) from None
     return encode_response(response_head(plan), outputs)
