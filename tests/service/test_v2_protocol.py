@@ -255,10 +255,11 @@ def test_every_gradient_against_central_differences(
     rng: np.random.Generator,
     signal: str,
 ) -> None:
+    x = x[:2]  # each checked element costs two forward passes: keep the check small
     if signal == "labels":
-        value, datatype = np.array([0, 2, 1, 2]), "INT64"
+        value, datatype = np.array([0, 2]), "INT64"
     else:
-        value, datatype = rng.normal(size=(4, CLASSES)), "FP64"
+        value, datatype = rng.normal(size=(2, CLASSES)), "FP64"
     doc = {
         "inputs": [tensor("x", x), tensor(signal, value, datatype)],
         "outputs": [{"name": "grad/*"}, {"name": "out"}]
