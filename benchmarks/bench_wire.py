@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the packages importable f
 
 import cnncore
 from service.runtime import tune_malloc
-from service.testing import free_port, serve, serve_process
+from service.testing import free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -291,25 +292,41 @@ def echo_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def kserve_server(python: str | None, repo: Path) -> Iterator[str | None]:
+def kserve_server(python: str | None, weights: Path) -> Iterator[str | None]:
     """KServe's Python model server serving the big conv (``benchmarks/kserve_peer.py``),
-    or ``None`` without ``python``."""
+    or ``None`` without ``python``. Stopped (SIGTERM, then SIGKILL) on exit."""
     if not python:
         yield None
         return
     port, grpc_port = free_port(), free_port()
-    argv = [
-        python,
-        str(ROOT / "benchmarks" / "kserve_peer.py"),
-        "--model-file",
-        str(repo / BIG_MODEL / "weights.npy"),
-        "--http-port",
-        str(port),
-        "--grpc-port",
-        str(grpc_port),
-    ]
-    with serve_process(argv, port=port, env={"PYTHONPATH": str(ROOT)}, timeout=120) as (url, _):
-        yield url
+    argv = [python, str(ROOT / "benchmarks" / "kserve_peer.py"), "--weights", str(weights)]
+    argv += ["--http_port", str(port), "--grpc_port", str(grpc_port)]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-3000:]
+                    raise RuntimeError(f"the KServe peer did not become ready:\n{tail}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (
+                        httpx.get(f"{url}/v2/models/{BIG_MODEL}/ready", timeout=1).status_code
+                        == 200
+                    ):
+                        break
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def machine_state() -> str:
@@ -361,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         env = {"CNN_LOG_LEVEL": "warning", "CNN_MODEL_REPOSITORY": str(repo)}
         service_url = stack.enter_context(serve(env=env))
         echo_url = stack.enter_context(echo_server())
-        peer_url = stack.enter_context(kserve_server(args.kserve_python, repo))
+        peer_url = stack.enter_context(
+            kserve_server(args.kserve_python, repo / BIG_MODEL / "weights.npy")
+        )
         client = lambda url: stack.enter_context(httpx.Client(base_url=url, timeout=300))  # noqa: E731
         svc, echo = client(service_url), client(echo_url)
 
