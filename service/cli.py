@@ -119,6 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_dir)
         os.environ[MODEL_NAME_ENV] = args.model_name
 
+    # A bad key or key file stops the start here, not in each worker. Checked before
+    # MULTIPROC_ENV is set: service.auth imports the metrics, which in this supervisor must
+    # stay single-process (workers are spawned afresh and import them again).
+    from .auth import ApiKeyError, load_keys
+
+    try:
+        load_keys(settings)
+    except ApiKeyError as exc:
+        print(f"cnn-service: {exc}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     metrics_dir = None
@@ -128,14 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="cnn-service-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
     try:
-        # Imported once MULTIPROC_ENV is settled: service.auth imports the metrics.
-        from .auth import ApiKeyError, load_keys
-
-        try:
-            load_keys(settings)  # a bad key or key file stops the start here, not per worker
-        except ApiKeyError as exc:
-            print(f"cnn-service: {exc}", file=sys.stderr)
-            return 2
         uvicorn.run(
             "service.app:create_app",
             factory=True,
