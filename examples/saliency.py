@@ -1,14 +1,16 @@
 """Saliency maps: which pixels the digits model's decision depends on, asked of the service.
 
-    python -m examples.saliency [--url URL] [--model FILE] [--out PNG]
+    python -m examples.saliency [--url URL] [--model NAME] [--out PNG]
 
 For a dozen held-out digits (the first of each class, then the first two the model
-gets wrong) the script asks the service for the gradient of the predicted class's
-score with respect to the input pixels, ``d out[c] / d x``, by sending
-``dout = onehot(c)`` to ``/v1/network/backward``, and draws each digit beside the
-magnitude of that gradient (Simonyan et al., 2014). Bright pixels are those where a
-small change moves the score most. Without ``--url`` it starts the service on a free
-loopback port for the duration. Writes one PNG (default ``saliency.png``).
+gets wrong) the script asks the served model (``digits``, the default model) for the
+gradient of the predicted class's score with respect to the input pixels,
+``d out[c] / d x``, over the Open Inference Protocol: ``out_grad = onehot(c)`` in,
+``grad/x`` out (``POST /v2/models/digits/infer``, binary tensors). It draws each digit
+beside the magnitude of that gradient (Simonyan et al., 2014): bright pixels are those
+where a small change moves the score most. Without ``--url`` it starts the service
+(which serves its default models) on a free loopback port for the duration. Writes one
+PNG (default ``saliency.png``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-from examples.train_digits import LABELS, layers, load_split, read_model, service_url
+from examples.train_digits import LABELS, load_split, service_url
 from service.client import Client
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "service/default_models/digits/model.json"
 COLUMNS = 4  # digit-and-map pairs per row
 FIGSIZE = (8.0, 3.6)  # inches; at DPI the picture is 800 × 360 pixels
 DPI = 100
@@ -38,18 +38,16 @@ def pick(y: np.ndarray, predicted: np.ndarray, wrong: int = 2) -> np.ndarray:
     return np.array(firsts + misses)
 
 
-def predict(client: Client, net: list[dict[str, Any]], x: np.ndarray) -> np.ndarray:
-    """The class (N,) the network ``net`` (wire layers) predicts for each of ``x`` (N, 1, 8, 8)."""
-    return np.argmax(client.network_forward(x, net)["out"], axis=1)
+def predict(client: Client, model: str, x: np.ndarray) -> np.ndarray:
+    """The class (N,) the served ``model`` predicts for each of ``x`` (N, 1, 8, 8)."""
+    return np.argmax(client.infer(model, x, outputs=["out"])["out"], axis=1)
 
 
-def saliency(
-    client: Client, net: list[dict[str, Any]], x: np.ndarray, classes: np.ndarray
-) -> np.ndarray:
+def saliency(client: Client, model: str, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """``|d out[c] / d x|`` (N, 8, 8) of ``x`` (N, 1, 8, 8) for each sample's class ``c``
-    in ``classes`` (N,): the service backpropagates ``dout = onehot(c)``."""
+    in ``classes`` (N,): the served ``model`` backpropagates ``out_grad = onehot(c)``."""
     onehot = np.eye(len(LABELS), dtype=x.dtype)[classes]
-    dx: np.ndarray = client.network_backward(x, net, dout=onehot)["dx"]
+    dx = client.infer(model, x, out_grad=onehot, outputs=["grad/x"])["grad/x"]
     return np.abs(dx[:, 0])
 
 
@@ -81,7 +79,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Draw saliency maps of the digits model, with gradients from cnn-service.",
     )
     parser.add_argument("--url", help="a running service (default: start one on a free port)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="digits model.json")
+    parser.add_argument("--model", default="digits", help="the served model's name (digits)")
     parser.add_argument("--out", type=Path, default=Path("saliency.png"), help="the PNG to write")
     return parser.parse_args(argv)
 
@@ -90,12 +88,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Pick the digits, ask the service for their saliency, write the PNG."""
     args = parse_args(argv)
     data = load_split()
-    net = layers(read_model(args.model))
     with service_url(args.url) as url, Client(url) as client:
-        chosen = pick(data.y_test, predict(client, net, data.x_test))
+        chosen = pick(data.y_test, predict(client, args.model, data.x_test))
         x, y = data.x_test[chosen], data.y_test[chosen]
-        predicted = predict(client, net, x)
-        maps = saliency(client, net, x, predicted)
+        predicted = predict(client, args.model, x)
+        maps = saliency(client, args.model, x, predicted)
     draw(x, y, predicted, maps, args.out)
     print(f"wrote {args.out}")
 
