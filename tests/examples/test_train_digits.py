@@ -11,6 +11,7 @@ import pytest
 
 from examples import train_digits as td
 from service.client import Client
+from service.models import native
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "service/default_models/digits"
@@ -142,3 +143,18 @@ def test_shipped_model_reaches_its_stated_accuracy(data: td.Split) -> None:
     wide = {name: p.astype(np.float64) for name, p in params.items()}
     scores64 = td.LocalBackend().scores(wide, data.x_test.astype(np.float64))
     assert np.array_equal(np.argmax(scores64, axis=1), predicted)
+
+
+def test_service_loads_the_shipped_model_as_the_card_says(data: td.Split) -> None:
+    model = native.load(SHIPPED / "model.json", "digits")
+    assert (model.datatype, model.input_shape, model.labels) == ("FP32", [-1, 1, 8, 8], td.LABELS)
+    out, _ = model.graph.forward(data.x_test)
+    params = td.read_model(SHIPPED / "model.json")
+    # Bit for bit: the service's graph runs the same cnncore operations on the same weights.
+    assert out.tobytes() == td.LocalBackend().scores(params, data.x_test).tobytes()
+
+
+def test_unconfigured_service_serves_digits_over_v2(client: Client, data: td.Split) -> None:
+    params = td.read_model(SHIPPED / "model.json")
+    out = client.infer("digits", data.x_test)["out"]
+    assert out.tobytes() == td.LocalBackend().scores(params, data.x_test).tobytes()
