@@ -19,11 +19,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
-from .problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPES
+from .problems import is_v2_path, problem_response
 from .settings import Settings
 
 #: Paths that never need a key: exact paths, and prefixes (everything below them).
@@ -32,8 +31,6 @@ OPEN_PREFIXES = ("/health/", "/v2/health/", "/static/")
 
 #: A key is visible ASCII without commas (RFC 6750's b64token is a subset), 1 to 256 chars.
 _KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")
-
-_UNAUTHORIZED = 401
 
 
 class ApiKeyError(ValueError):
@@ -138,41 +135,27 @@ class ApiKeyMiddleware:
             return
         reason = "missing" if authorization is None else "invalid"
         metrics.REJECTED.labels(limit="auth").inc()
-        await _unauthorized(scope["path"], reason, send)
+        await _unauthorized(scope, receive, send, reason)
 
 
 def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
-async def _unauthorized(path: str, reason: str, send: Send) -> None:
-    """A 401 in the dialect of the path: problem details, with the V2 protocol's ``error``
-    member on ``/v2``; ``WWW-Authenticate`` as RFC 6750 describes."""
+async def _unauthorized(scope: Scope, receive: Receive, send: Send, reason: str) -> None:
+    """A 401 in the dialect of the path (problem details, with the V2 protocol's ``error``
+    member on ``/v2``), ``WWW-Authenticate`` as RFC 6750 describes."""
     if reason == "missing":
         detail = "this route needs an API key: send 'Authorization: Bearer <key>'"
-        challenge = b'Bearer realm="cnn-service"'
+        challenge = 'Bearer realm="cnn-service"'
     else:
         detail = "the API key is not valid (expected 'Authorization: Bearer <key>')"
-        challenge = b'Bearer realm="cnn-service", error="invalid_token"'
-    problem: dict[str, object] = {
-        "type": PROBLEM_TYPES[_UNAUTHORIZED],
-        "title": "Unauthorized",
-        "status": _UNAUTHORIZED,
-        "detail": detail,
-        "errors": [{"loc": ["header", "authorization"], "msg": f"{reason} API key"}],
-    }
-    if path == "/v2" or path.startswith("/v2/"):
-        problem["error"] = detail
-    body = orjson.dumps(problem)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": _UNAUTHORIZED,
-            "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", challenge),
-            ],
-        }
+        challenge = 'Bearer realm="cnn-service", error="invalid_token"'
+    response = problem_response(
+        401,
+        detail,
+        [(["header", "authorization"], f"{reason} API key")],
+        headers={"WWW-Authenticate": challenge},
+        v2=is_v2_path(scope["path"]),
     )
-    await send({"type": "http.response.body", "body": body})
+    await response(scope, receive, send)
