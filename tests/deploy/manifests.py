@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,3 +34,32 @@ def container(workload: dict[str, Any]) -> dict[str, Any]:
     )
     first: dict[str, Any] = containers[0]
     return first
+
+
+#: See the budget comment in deploy/kubernetes/deployment.yaml: the body itself plus, at
+#: worst, a 2-byte JSON number ("0,") parsed into a 24-byte Python float in an 8-byte slot.
+JSON_EXPANSION = 1 + 32 // 2
+
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity (``1536Mi``, ``500m``, ``2``) as a number (bytes or cores)."""
+    match = re.fullmatch(r"([0-9.]+)(m|Ki|Mi|Gi|k|M|G|)", str(text))
+    assert match, f"unsupported quantity {text!r}"
+    number, unit = float(match[1]), match[2]
+    return number / 1000 if unit == "m" else number * _UNITS[unit]
+
+
+def memory_budget(settings: Settings, base: float) -> float:
+    """Bytes one process (all its workers) may hold under ``settings``: the computations
+    running, the bodies admitted and being parsed, the models, and ``base`` per worker."""
+    per_worker = (
+        settings.max_concurrency * settings.max_request_bytes
+        + (settings.max_concurrency + settings.queue_size)
+        * settings.max_body_bytes
+        * JSON_EXPANSION
+        + settings.max_model_bytes
+        + base
+    )
+    return settings.workers * per_worker

@@ -28,24 +28,11 @@ from service.app import create_app
 from service.settings import MiB, Settings
 from service.testing import free_port, serve_process
 
-from .manifests import ROOT, container, documents, one
+from .manifests import ROOT, container, documents, memory_budget, one, quantity
 
 K8S = ROOT / "deploy" / "kubernetes"
 #: The oldest Kubernetes release still maintained upstream, and the newest the validator knows.
 VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
-#: See the budget comment in deployment.yaml: the body itself plus, at worst, a 2-byte JSON
-#: number ("0,") parsed into a 24-byte Python float held in an 8-byte list slot.
-JSON_EXPANSION = 1 + 32 // 2
-
-_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
-
-
-def quantity(text: str) -> float:
-    """A Kubernetes quantity (``1536Mi``, ``500m``, ``2``) as a number (bytes or cores)."""
-    match = re.fullmatch(r"([0-9.]+)(m|Ki|Mi|Gi|k|M|G|)", str(text))
-    assert match, f"unsupported quantity {text!r}"
-    number, unit = float(match[1]), match[2]
-    return number / 1000 if unit == "m" else number * _UNITS[unit]
 
 
 def _manifests() -> list[tuple[Path, dict[str, Any]]]:
@@ -233,15 +220,7 @@ def test_the_memory_limit_covers_the_budget_of_the_service_limits(
     base = quantity(
         deployment["spec"]["template"]["metadata"]["annotations"]["cnn-service/memory-base"]
     )
-    per_worker = (
-        settings.max_concurrency * settings.max_request_bytes
-        + (settings.max_concurrency + settings.queue_size)
-        * settings.max_body_bytes
-        * JSON_EXPANSION
-        + settings.max_model_bytes
-        + base
-    )
-    budget = settings.workers * per_worker
+    budget = memory_budget(settings, base)
     assert quantity(resources["limits"]["memory"]) >= budget, f"budget {budget / MiB:.0f} MiB"
     assert quantity(resources["requests"]["memory"]) == quantity(resources["limits"]["memory"])
     # The comment in deployment.yaml shows the sum: keep it true.
