@@ -4,7 +4,9 @@ the errors of the /v2 table, the repository routes, per-model metrics and /v1/in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -559,3 +561,29 @@ def test_metrics_per_model_and_info(client: TestClient, x: np.ndarray) -> None:
     models = {m["name"]: m for m in client.get("/v1/info").json()["models"]}
     assert (models["tiny"]["state"], models["tiny"]["platform"]) == ("READY", "cnncore")
     assert models["broken"]["state"] == "UNAVAILABLE"
+
+
+def test_unload_lets_an_in_flight_request_finish(
+    client: TestClient, layers: list[dict[str, Any]], x: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = client.app.state.models.entry("tiny").model  # type: ignore[attr-defined]
+    started, release = threading.Event(), threading.Event()
+    forward = model.graph.forward
+
+    def held(xs: np.ndarray) -> Any:
+        started.set()
+        release.wait(timeout=30)  # a safety net; released below
+        return forward(xs)
+
+    monkeypatch.setattr(model.graph, "forward", held)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(post_json, client, "tiny", {"inputs": [tensor("x", x)]})
+        assert started.wait(timeout=30)
+        assert client.post("/v2/repository/models/tiny/unload").status_code == 200
+        assert client.get("/v2/models/tiny/ready").status_code == 400  # new requests: refused
+        release.set()
+        out = decode(future.result(timeout=30))  # the one in flight: answered in full
+    # The same float64 sums as cnncore's (at most 18 terms per output): a few eps.
+    np.testing.assert_allclose(out["out"], reference(layers, x), rtol=1e-12, atol=1e-12)
+    assert client.post("/v2/repository/models/tiny/load").status_code == 200
+    assert client.app.state.models.entry("tiny").model is not model  # type: ignore[attr-defined]
