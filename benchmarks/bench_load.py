@@ -5,16 +5,23 @@ drives mixed concurrent traffic with an async httpx client and prints, per phase
 throughput, p50/p95/p99 latency, outcomes by status, connection errors, and the
 server's resident memory (all processes) before and after.
 
+Two kinds of verdict are printed. *Behaviour* (no 5xx but 503, no connection
+errors, every 503 with ``Retry-After``, slots all free afterwards, memory bounded)
+holds on any machine; ``tests/service/test_load.py`` asserts it through
+:func:`measure`. *Targets* (latency and memory growth figures) depend on the machine
+and on what else it runs: they are measured and reported here, never asserted in tests.
+
 Phases, for each worker count:
 
 ``load``      mixed traffic (conv/pool/linear forward+backward, shapes, health) at
               several concurrency levels;
 ``overload``  heavy convolutions at 4x the computation slots, while a probe polls
-              ``/health/live``: excess work must be shed with fast 503s, and the
-              probe must stay under 100 ms p95;
-``soak``      (``--soak SECONDS``) mixed traffic for a long stretch; resident memory
-              after warm-up must grow by less than 10%, and afterwards every
-              computation slot must be free (``cnn_computations_in_flight`` = 0).
+              ``/health/live``: excess work must be shed with 503s (target: the
+              probe stays under 100 ms p95);
+``soak``      (``--soak SECONDS``) mixed traffic for a long stretch (target: resident
+              memory after warm-up grows by less than 10%).
+
+Afterwards every computation slot must be free (``cnn_computations_in_flight`` = 0).
 
 Usage::
 
@@ -112,12 +119,25 @@ def make_requests(rng: np.random.Generator) -> list[Request]:
     ]
 
 
+HEAVY_X = (4, 64, 32, 32)
+HEAVY_W = (128, 64, 5, 5)
+
+
 def heavy_request(rng: np.random.Generator) -> Request:
     """A float32 convolution (about 1.3e9 FLOPs, a 2.5 MB body) that keeps a slot busy."""
-    x = rng.standard_normal((4, 64, 32, 32)).astype(np.float32)
-    w = rng.standard_normal((128, 64, 5, 5)).astype(np.float32)
+    x = rng.standard_normal(HEAVY_X).astype(np.float32)
+    w = rng.standard_normal(HEAVY_W).astype(np.float32)
     body = {"x": encode_tensor(x, "b64"), "w": encode_tensor(w, "b64"), "encoding": "b64"}
     return ("POST", "/v1/conv2d/forward", orjson.dumps(body))
+
+
+def heavy_working_mib(body_bytes: int) -> float:
+    """What one heavy request can hold at once: its body, x, w, the im2col columns and out."""
+    n, c, h, w = HEAVY_X
+    f, _, kh, kw = HEAVY_W
+    oh, ow = h - kh + 1, w - kw + 1
+    floats = n * c * h * w + f * c * kh * kw + n * oh * ow * c * kh * kw + n * f * oh * ow
+    return (body_bytes + 4 * floats) / 2**20
 
 
 @dataclass
@@ -127,6 +147,8 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    #: 503 answers without a ``Retry-After`` header.
+    missing_retry_after: int = 0
 
     def add(self, status: str, seconds: float) -> None:
         self.latencies.append(seconds)
@@ -152,6 +174,11 @@ class Stats:
     def connection_errors(self) -> int:
         return sum(n for s, n in self.by_status.items() if not s[0].isdigit())
 
+    @property
+    def unexpected(self) -> Counter[str]:
+        """Outcomes other than 200 and 503 (errors, 4xx, other 5xx, connection errors)."""
+        return Counter({s: n for s, n in self.by_status.items() if s not in ("200", "503")})
+
 
 JSON = {"content-type": "application/json"}
 
@@ -163,6 +190,8 @@ async def _one(
     try:
         r = await client.request(method, path, content=body, headers=JSON if body else None)
         status = str(r.status_code)
+        if r.status_code == 503 and "retry-after" not in r.headers:
+            stats.missing_retry_after += 1
     except httpx.HTTPError as exc:
         status = type(exc).__name__
     stats.add(status, time.perf_counter() - t0)
@@ -217,12 +246,31 @@ async def in_flight(url: str) -> float:
     return float("nan")
 
 
+async def settled_in_flight(url: str, patience: float = 30.0) -> float:
+    """``in_flight`` once it reaches 0, or its last value after ``patience`` seconds (a
+    safety net: every request has been answered, so the slots are due back at once)."""
+    deadline = time.monotonic() + patience
+    while (busy := await in_flight(url)) != 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return busy
+
+
 # --------------------------------------------------------------------------- report
 
 HEADER = (
     f"{'workers':>7} {'phase':<10} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
     f"{'p99 ms':>8} {'5xx':>4} {'conn err':>8}  statuses"
 )
+
+#: Targets: measured and reported, never asserted in tests (they depend on the machine).
+HEALTH_P95_MS = 100.0
+SOAK_GROWTH_PERCENT = 10.0
+
+#: Behaviour: resident memory after the overload at most the memory at start plus this
+#: many times what the admitted requests (slots + queue places) can hold at once.
+#: Generous on purpose: allocator caching and BLAS buffers stay within it, holding on
+#: to every request's body or columns does not; the soak growth target is the fine check.
+MEMORY_FACTOR = 3.0
 
 
 def row(workers: int, phase: str, conc: int, s: Stats) -> str:
@@ -234,13 +282,83 @@ def row(workers: int, phase: str, conc: int, s: Stats) -> str:
     )
 
 
-def check(ok: bool, text: str, failures: list[str]) -> None:
-    print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
-    if not ok:
-        failures.append(text)
+@dataclass
+class Run:
+    """What one server (one worker count) did: every phase's outcomes and its memory."""
+
+    workers: int
+    slots: int
+    phases: list[tuple[str, int, Stats]] = field(default_factory=list)
+    rss_start: float = float("nan")
+    rss_overload: float = float("nan")
+    rss_end: float = float("nan")
+    rss_warm: float | None = None  # soak only
+    rss_soak_end: float | None = None
+    in_flight_after: float = float("nan")
+    #: What the admitted requests can hold at once (``heavy_working_mib`` each), MiB.
+    admitted_mib: float = 0.0
+
+    @property
+    def memory_limit(self) -> float:
+        return self.rss_start + MEMORY_FACTOR * self.admitted_mib
+
+    def phase(self, name: str) -> Stats:
+        return next(s for phase, _, s in self.phases if phase == name)
+
+    def behaviour(self) -> list[tuple[bool, str]]:
+        """Verdicts that hold on any machine, however busy (asserted by the tests)."""
+        verdicts = []
+        for phase, conc, s in self.phases:
+            other = ", ".join(f"{k}:{v}" for k, v in sorted(s.unexpected.items())) or "none"
+            verdicts.append(
+                (not s.unexpected, f"{phase.strip()} c={conc}: only 200/503 (other: {other})")
+            )
+            verdicts.append(
+                (s.missing_retry_after == 0, f"{phase.strip()} c={conc}: every 503 has Retry-After")
+            )
+        shed = self.phase("overload").by_status.get("503", 0)
+        verdicts.append((shed > 0, f"overload: excess work shed with 503 ({shed})"))
+        verdicts.append(
+            (
+                self.in_flight_after == 0,
+                f"slots all free afterwards (in flight: {self.in_flight_after:g})",
+            )
+        )
+        if psutil is not None:
+            verdicts.append(
+                (
+                    self.rss_overload <= self.memory_limit,
+                    f"RSS after overload {self.rss_overload:.0f} MiB <= start "
+                    f"{self.rss_start:.0f} + {MEMORY_FACTOR:g} x {self.admitted_mib:.0f} MiB "
+                    "admitted working set",
+                )
+            )
+        return verdicts
+
+    def targets(self) -> list[tuple[bool, str]]:
+        """Figures with a target: machine-dependent, reported, not asserted in tests."""
+        health = self.phase("  health").pct(95)
+        overload_503 = self.phase("overload").pct_of("503", 95)
+        found = [
+            (
+                health < HEALTH_P95_MS,
+                f"/health/live p95 {health:.1f} ms < {HEALTH_P95_MS:g} ms while slots are busy",
+            ),
+            (True, f"503 p95 under overload: {overload_503:.0f} ms (no target)"),
+        ]
+        if self.rss_warm is not None and self.rss_soak_end is not None:
+            growth = (self.rss_soak_end - self.rss_warm) / self.rss_warm * 100
+            found.append(
+                (
+                    growth < SOAK_GROWTH_PERCENT,
+                    f"soak: RSS grew {growth:+.1f}% (< {SOAK_GROWTH_PERCENT:g}%)",
+                )
+            )
+        return found
 
 
-async def run_workers(workers: int, args: argparse.Namespace, failures: list[str]) -> None:
+async def run_workers(workers: int, args: argparse.Namespace, report: bool = True) -> Run:
+    """Start a server with ``workers`` workers, run the phases, return what happened."""
     slots = args.slots
     env = {
         "CNN_WORKERS": str(workers),
@@ -253,25 +371,22 @@ async def run_workers(workers: int, args: argparse.Namespace, failures: list[str
     templates = make_requests(rng)
     heavy = heavy_request(rng)
     random.seed(0)
+    out = print if report else (lambda *_: None)
+    run = Run(workers, slots)
+    run.admitted_mib = workers * (slots + args.queue) * heavy_working_mib(len(heavy[2] or b""))
 
     def mixed() -> Request:
         return random.choice(templates)
 
     with serve_process(env=env) as (url, proc):
-        print(
-            f"\n== {workers} worker(s), {slots} slot(s) and {args.queue} queue place(s) per worker"
-        )
-        print(HEADER)
-        rss_start = rss_mib(proc)
-        await drive(url, 4, 2.0, mixed)  # warm-up
+        out(f"\n== {workers} worker(s), {slots} slot(s) and {args.queue} queue place(s) per worker")
+        out(HEADER)
+        run.rss_start = rss_mib(proc)
+        await drive(url, 4, args.warmup, mixed)
         for conc in args.concurrency:
             s = await drive(url, conc, args.duration, mixed)
-            print(row(workers, "load", conc, s))
-            check(
-                s.server_errors == 0 and s.connection_errors == 0,
-                f"load c={conc}: no 5xx other than 503 and no connection errors",
-                failures,
-            )
+            run.phases.append(("load", conc, s))
+            out(row(workers, "load", conc, s))
 
         overload_conc = 4 * slots * workers
         stop = threading.Event()
@@ -283,59 +398,76 @@ async def run_workers(workers: int, args: argparse.Namespace, failures: list[str
         s = await load
         stop.set()
         prober.join(timeout=30)
-        health = health_result[0]
-        rss_overload = rss_mib(proc)
-        print(row(workers, "overload", overload_conc, s))
-        print(row(workers, "  health", 1, health))
-        shed = s.by_status.get("503", 0)
-        shed_ms = s.pct_of("503", 95)
-        check(
-            s.server_errors == 0 and s.connection_errors == 0, "overload: no 5xx but 503", failures
-        )
-        check(
-            shed > 0,
-            f"overload: excess work shed with 503 ({shed}, p95 {shed_ms:.0f} ms)",
-            failures,
-        )
-        check(health.pct(95) < 100, f"/health/live p95 {health.pct(95):.1f} ms < 100 ms", failures)
+        run.rss_overload = rss_mib(proc)
+        run.phases += [("overload", overload_conc, s), ("  health", 1, health_result[0])]
+        out(row(workers, "overload", overload_conc, s))
+        out(row(workers, "  health", 1, health_result[0]))
 
         if args.soak:
             await drive(url, 8, 5.0, mixed)
-            rss_warm = rss_mib(proc)
+            run.rss_warm = rss_mib(proc)
             s = await drive(url, 8, args.soak, mixed)
-            rss_end = rss_mib(proc)
-            print(row(workers, "soak", 8, s))
-            growth = (rss_end - rss_warm) / rss_warm * 100
-            print(
-                f"  RSS after warm-up {rss_warm:.1f} MiB, "
-                f"after {args.soak:g} s soak {rss_end:.1f} MiB"
+            run.rss_soak_end = rss_mib(proc)
+            run.phases.append(("soak", 8, s))
+            out(row(workers, "soak", 8, s))
+            out(
+                f"  RSS after warm-up {run.rss_warm:.1f} MiB, "
+                f"after {args.soak:g} s soak {run.rss_soak_end:.1f} MiB"
             )
-            check(s.server_errors == 0 and s.connection_errors == 0, "soak: no 5xx", failures)
-            check(growth < 10, f"soak: RSS grew {growth:+.1f}% (< 10%)", failures)
-        await asyncio.sleep(0.5)
-        busy = await in_flight(url)
-        check(busy == 0, f"computation slots all free afterwards (in flight: {busy:g})", failures)
-        print(
-            f"  RSS: start {rss_start:.1f} MiB, after overload {rss_overload:.1f} MiB, "
-            f"end {rss_mib(proc):.1f} MiB"
+        run.in_flight_after = await settled_in_flight(url)
+        run.rss_end = rss_mib(proc)
+        out(
+            f"  RSS: start {run.rss_start:.1f} MiB, after overload {run.rss_overload:.1f} MiB, "
+            f"end {run.rss_end:.1f} MiB"
         )
+    return run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up traffic")
+    p.add_argument("--soak", type=float, default=0.0, help="soak seconds (0: skip)")
+    p.add_argument("--slots", type=int, default=2, help="CNN_MAX_CONCURRENCY")
+    p.add_argument("--queue", type=int, default=2, help="CNN_MAX_QUEUE")
+    p.add_argument("--queue-timeout", type=float, default=0.1, help="CNN_QUEUE_TIMEOUT")
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed, not only behaviour"
+    )
+    return p
+
+
+def measure(argv: list[str], report: bool = False) -> list[Run]:
+    """Run the harness with command-line ``argv``; one :class:`Run` per worker count."""
+    args = parser().parse_args(argv)
+    return [asyncio.run(run_workers(w, args, report)) for w in args.workers]
+
+
+def verdicts(run: Run) -> tuple[list[str], int, int]:
+    """The report's verdict lines for one run, the behaviour failures and missed targets."""
+    lines = ["  behaviour:"]
+    lines += [f"    [{'PASS' if ok else 'FAIL'}] {text}" for ok, text in run.behaviour()]
+    lines.append("  targets (this machine, now):")
+    lines += [f"    [{'MET' if ok else 'MISSED'}] {text}" for ok, text in run.targets()]
+    failed = sum(not ok for ok, _ in run.behaviour())
+    missed = sum(not ok for ok, _ in run.targets())
+    return lines, failed, missed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
-    parser.add_argument("--soak", type=float, default=0.0, help="soak seconds (0: skip)")
-    parser.add_argument("--slots", type=int, default=2, help="CNN_MAX_CONCURRENCY")
-    parser.add_argument("--queue", type=int, default=2, help="CNN_MAX_QUEUE")
-    parser.add_argument("--queue-timeout", type=float, default=0.1, help="CNN_QUEUE_TIMEOUT")
-    args = parser.parse_args(argv)
-    failures: list[str] = []
+    args = parser().parse_args(argv)
+    failed = missed = 0
     for workers in args.workers:
-        asyncio.run(run_workers(workers, args, failures))
-    print(f"\n{len(failures)} target(s) missed" if failures else "\nall targets met")
-    return 1 if failures else 0
+        lines, f, m = verdicts(asyncio.run(run_workers(workers, args)))
+        print("\n".join(lines))
+        failed, missed = failed + f, missed + m
+    print(
+        f"\nbehaviour: {'all passed' if not failed else f'{failed} failed'}; "
+        f"targets: {'all met' if not missed else f'{missed} missed'}"
+    )
+    return 1 if failed or (args.strict and missed) else 0
 
 
 if __name__ == "__main__":

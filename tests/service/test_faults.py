@@ -90,7 +90,6 @@ def test_disconnect_mid_computation_frees_the_slot(one_slot: str, rng: np.random
 
 def test_a_client_trickling_its_body_is_cut_off_with_408(one_slot: str) -> None:
     body = b'{"x": [[1.0, 2.0]], "w": [[1.0], [1.0]]}'
-    start = time.monotonic()
     with _connect(one_slot) as sock:
         sock.sendall(_headers("/v1/linear/forward", len(body)))
         for byte in body[:20]:  # one byte every 0.1 s: 2 s for 20, the timeout is 1 s
@@ -102,17 +101,17 @@ def test_a_client_trickling_its_body_is_cut_off_with_408(one_slot: str) -> None:
         answer = sock.recv(65536).decode(errors="replace")
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
     assert "application/problem+json" in answer
-    assert time.monotonic() - start < 5
+    # The body timeout cut it off (the socket's 10 s timeout is only a safety net).
+    assert "did not arrive within 1 s" in answer
     assert _small_request_succeeds(one_slot)
 
 
 def test_a_client_that_stops_sending_is_cut_off_with_408(one_slot: str) -> None:
-    start = time.monotonic()
     with _connect(one_slot) as sock:
         sock.sendall(_headers("/v1/linear/forward", 100) + b'{"x": [[1.0')
         answer = sock.recv(65536).decode(errors="replace")  # nothing more is ever sent
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
-    assert 0.9 < time.monotonic() - start < 5
+    assert "did not arrive within 1 s" in answer  # CNN_BODY_TIMEOUT, not another limit
 
 
 # --------------------------------------------------------------------------- SIGTERM
@@ -136,6 +135,20 @@ def _post_in_thread(base_url: str, body: bytes, results: list[Any]) -> threading
     return thread
 
 
+def _refusal(base_url: str, patience: float) -> httpx.TransportError:
+    """The first transport error other than a timeout that ``/health/live`` meets."""
+    deadline = time.monotonic() + patience
+    while True:
+        assert time.monotonic() < deadline, "new connections were never refused"
+        try:
+            httpx.get(f"{base_url}/health/live", timeout=5)  # not handled the signal yet
+        except httpx.TimeoutException:
+            pass  # queued by the kernel on a listener about to close; try again
+        except httpx.TransportError as exc:
+            return exc
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_under_load_finishes_in_flight_work_and_refuses_new(
     rng: np.random.Generator, workers: int
@@ -151,30 +164,30 @@ def test_sigterm_under_load_finishes_in_flight_work_and_refuses_new(
         results: list[Any] = []
         threads = [_post_in_thread(base_url, body, results) for _ in range(2)]
         _wait_for(lambda: in_flight(base_url) >= 2, 30, "both computations started")
-        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)  # uvicorn notices the signal within 0.1 s and closes its listener
-        # Refused (one worker) or reset (several: the supervisor still holds the socket).
-        with pytest.raises(httpx.TransportError) as refused:
-            httpx.get(f"{base_url}/health/live", timeout=5)
-        assert not isinstance(refused.value, httpx.TimeoutException)
+        # New connections are refused (one worker) or reset (several: the supervisor still
+        # holds the socket) while the server is still finishing its work. How soon after
+        # the signal depends on the machine's load, so poll; the grace period is the net.
+        refused = _refusal(base_url, grace)
+        assert not isinstance(refused, httpx.TimeoutException)
+        assert proc.poll() is None, "refused only once the server had exited"
         for thread in threads:
             thread.join(timeout=grace)
-        assert results == [200, 200]
-        proc.wait(timeout=grace + 5)
-        assert time.monotonic() - sent < grace
+        assert results == [200, 200]  # both finished within the grace period
+        proc.wait(timeout=grace + 5)  # a safety net
         # uvicorn re-raises the signal it handled once it has shut down cleanly.
         assert proc.returncode in (0, -signal.SIGTERM)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ready_is_503_while_shutting_down(workers: int) -> None:
-    env = {"CNN_SHUTDOWN_DELAY": "2", "CNN_WORKERS": str(workers)}
+    # The checks below must fit in the delay; 4 s leaves room on a busy machine.
+    env = {"CNN_SHUTDOWN_DELAY": "4", "CNN_WORKERS": str(workers)}
     with serve_process(env=env) as (base_url, proc):
         proc.send_signal(signal.SIGTERM)
         _wait_for(
             lambda: httpx.get(f"{base_url}/health/ready", timeout=5).status_code == 503,
-            1.5,
+            3,
             "readiness reported shutting down",
         )
         ready = httpx.get(f"{base_url}/health/ready", timeout=5)
