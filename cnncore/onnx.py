@@ -420,6 +420,8 @@ class _Importer:
     def _all_constant(self, ctx: _Ctx) -> bool:
         if ctx.op == "Shape":
             return True  # the shape of a computed tensor is known at load time
+        if ctx.op == "CastLike":  # reads only the dtype of its second input, known too
+            return ctx.inputs[0] in self.consts
         return all(not n or n in self.consts for n in ctx.inputs)
 
     def _float_init(self, name: str) -> bool:
@@ -431,7 +433,7 @@ class _Importer:
 
     def _fold(self, ctx: _Ctx, fold: Callable[[_Importer, _Ctx], _Const]) -> None:
         for name in ctx.inputs:
-            if self._float_init(name) and ctx.op not in ("Identity", "Shape", "Cast"):
+            if self._float_init(name) and ctx.op not in ("Identity", "Shape", "Cast", "CastLike"):
                 raise ctx.error(
                     f'{ctx.op} of the float initializer "{name}" is not supported: it would '
                     "hide the initializer from the gradient",
@@ -1128,11 +1130,22 @@ def _fold_cast(imp: _Importer, ctx: _Ctx) -> _Const:
     import onnx
 
     _check_attrs(ctx, {"to", "saturate"})
-    data = imp.consts[ctx.inputs[0]]
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(int(ctx.attrs["to"]))
     except (KeyError, ValueError):
         raise ctx.error(f"cast to type {ctx.attrs.get('to')} is not supported", attr="to") from None
+    return _cast(imp, ctx, np.dtype(dtype))
+
+
+def _fold_cast_like(imp: _Importer, ctx: _Ctx) -> _Const:
+    _check_attrs(ctx, {"saturate"})
+    like = ctx.inputs[1]
+    dtype = imp.consts[like].value.dtype if like in imp.consts else imp.dtype
+    return _cast(imp, ctx, dtype)
+
+
+def _cast(imp: _Importer, ctx: _Ctx, dtype: np.dtype) -> _Const:
+    data = imp.consts[ctx.inputs[0]]
     if data.batch is not None and data.batch.any() and dtype.kind not in "iu":
         raise ctx.error(
             "casting a batch-dependent shape to a non-integer type is not supported", attr="to"
@@ -1165,6 +1178,43 @@ def _fold_reshape(imp: _Importer, ctx: _Ctx) -> _Const:
         ) from None
 
 
+def _fold_squeeze(imp: _Importer, ctx: _Ctx) -> _Const:
+    data = imp.consts[ctx.inputs[0]]
+    rank = data.value.ndim
+    if imp.opset >= 13:
+        _check_attrs(ctx, ())
+        given = imp.const_input(ctx, 1, "axes")
+        axes = None if given is None else [int(a) for a in given.reshape(-1)]
+    else:
+        _check_attrs(ctx, {"axes"})
+        axes = [int(a) for a in ctx.attrs["axes"]] if "axes" in ctx.attrs else None
+    if axes is None:
+        norm = tuple(i for i, d in enumerate(data.value.shape) if d == 1)
+    else:
+        norm = tuple(sorted({_axis(ctx, a, rank, "axes") for a in axes}))
+    if any(data.value.shape[a] != 1 for a in norm):
+        raise ctx.error(
+            f"axes {list(norm)} of shape {list(data.value.shape)} are not all 1", attr="axes"
+        )
+    return _same(data, partial(np.squeeze, axis=norm))
+
+
+def _fold_expand(imp: _Importer, ctx: _Ctx) -> _Const:
+    _check_attrs(ctx, ())
+    data = imp.consts[ctx.inputs[0]]
+    shape = imp.const_input(ctx, 1, "shape")
+    assert shape is not None
+    try:  # ONNX's Expand broadcasts both ways: the result has the broadcast of both shapes
+        target = np.broadcast_shapes(data.value.shape, tuple(int(d) for d in shape.reshape(-1)))
+    except ValueError:
+        raise ctx.error(
+            f"cannot expand {list(data.value.shape)} to {shape.tolist()}", attr="shape"
+        ) from None
+    if math.prod(target) > 1 << 20:
+        raise ctx.error(f"shape {list(target)} is too large to fold", attr="shape")
+    return _same(data, lambda a: np.broadcast_to(a, target).copy())
+
+
 def _fold_identity(imp: _Importer, ctx: _Ctx) -> _Const:
     c = imp.consts[ctx.inputs[0]]
     return _Const(c.value, c.batch, c.init)
@@ -1180,6 +1230,9 @@ _FOLDERS: dict[str, Callable[[_Importer, _Ctx], _Const]] = {
     "Slice": _fold_slice,
     "Transpose": _fold_transpose,
     "Cast": _fold_cast,
+    "CastLike": _fold_cast_like,
+    "Squeeze": _fold_squeeze,
+    "Expand": _fold_expand,
     "Reshape": _fold_reshape,
     "Identity": _fold_identity,
 }
