@@ -372,6 +372,34 @@ def shape_cases(rng: np.random.Generator) -> dict[str, Case]:
             x,
             opset=18,
         ),
+        # the dynamo exporter without its optimizer: the batch through Squeeze
+        "reshape-shape-squeeze-opset18": Case(
+            [
+                helper.make_node("Shape", ["input"], ["n1"], name="shape", start=0, end=1),
+                const("ax", [0]),
+                helper.make_node("Squeeze", ["n1", "ax"], ["n"], name="squeeze"),
+                helper.make_node("Unsqueeze", ["n", "ax"], ["n2"], name="unsqueeze"),
+                const("m1", [-1]),
+                helper.make_node("Concat", ["n2", "m1"], ["target"], name="concat", axis=0),
+                node("Reshape", ["input", "target"]),
+            ],
+            x,
+            opset=18,
+        ),
+        # ... and a zero conv bias: Shape of the weight, Expand of a CastLike'd scalar
+        "conv-bias-expand-castlike-opset18": Case(
+            [
+                helper.make_node("Shape", ["W"], ["f"], name="shape", start=0, end=1),
+                const("zero", 0.0, np.float32),
+                helper.make_node("CastLike", ["zero", "input"], ["z"], name="castlike"),
+                helper.make_node("Expand", ["z", "f"], ["bias"], name="expand"),
+                node("Conv", ["input", "W", "bias"]),
+            ],
+            x,
+            {"W": w(rng, 2, 3, 3, 3)},
+            opset=18,
+            k=28,
+        ),
         "reshape-initializer-shape": Case(
             [node("Reshape", ["input", "s"])], x, {"s": np.array([0, -1], np.int64)}
         ),
