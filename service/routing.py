@@ -14,7 +14,7 @@ from starlette.responses import Response
 from .compute import ComputeSlots
 from .problems import ApiError
 from .settings import Settings
-from .tensors import limits_scope, note_body_bools
+from .tensors import limits_scope, note_body_bools, parse_json_body
 
 
 class OrjsonRequest(Request):
@@ -27,7 +27,7 @@ class OrjsonRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            self._json = orjson.loads(body)
+            self._json = parse_json_body(body)
             note_body_bools(body)
         return self._json
 
