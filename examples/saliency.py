@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
 from examples.train_digits import LABELS, load_split, service_url
-from service.client import Client
+from service.client import Client, ServiceError
 
 COLUMNS = 4  # digit-and-map pairs per row
 FIGSIZE = (8.0, 3.6)  # inches; at DPI the picture is 800 × 360 pixels
@@ -98,4 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ServiceError as err:  # a message, not a traceback
+        raise SystemExit(f"cnn-service: {err}") from None

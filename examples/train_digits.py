@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 import cnncore
 from cnncore.network_shapes import FlattenSpec, Pool2dSpec, ReluSpec
-from service.client import Client
+from service.client import Client, ServiceError
 from service.testing import serve
 
 Params = dict[str, np.ndarray]
@@ -490,4 +490,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ServiceError as err:  # a message, not a traceback
+        raise SystemExit(f"cnn-service: {err}") from None
