@@ -119,6 +119,31 @@ class _BodyRejected(HTTPException):
         self.status = status
 
 
+class CloseWhenDrainingMiddleware:
+    """Once the instance is shutting down (``app.state.ready`` false, readiness 503), every
+    response carries ``Connection: close``: a client holding a kept-alive connection here
+    reconnects, through its balancer, to an instance that is not going away. While ready it
+    costs one attribute read per request.
+    """
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.state.ready:
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
+
+
 def _not_ready_on_exit_signals(app: FastAPI, delay: float) -> Callable[[], None]:
     """On SIGTERM or SIGINT, report not-ready at once, then (after ``delay`` seconds) hand
     the signal to the server's own handler, which stops accepting and drains.
@@ -249,4 +274,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         paths=[*paths, app.openapi_url or "/openapi.json"],
         mounts=[docs.STATIC_PATH],
     )
+    app.add_middleware(CloseWhenDrainingMiddleware, state=app.state)
     return app
