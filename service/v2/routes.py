@@ -9,14 +9,16 @@ with ``Retry-After`` when overloaded.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -100,6 +102,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: A model name in a path (checked by the repository, so that a bad one is a V2 400).
+ModelName = Annotated[str, Path(description="The model's name.", examples=["digits"])]
+
+
 def repository_of(request: Request) -> ModelRepository:
     """The app's model repository."""
     repo: ModelRepository = request.app.state.models
@@ -139,13 +145,38 @@ def _both(path: str) -> list[str]:
     return [path.replace("{v}", ""), path.replace("{v}", "/versions/{version}")]
 
 
+def _with_version(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a ``version`` path parameter in its signature, so OpenAPI documents it
+    (the handlers read it from ``request.path_params``)."""
+
+    @functools.wraps(fn)
+    async def handler(*args: Any, version: str, **kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    sig = inspect.signature(fn)
+    param = inspect.Parameter(
+        "version",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Annotated[str, Path(description="The model version.", examples=[VERSION])],
+    )
+    handler.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*sig.parameters.values(), param]
+    )
+    return handler
+
+
 def _route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
     """Register a handler on both forms of ``path`` (``{v}``: nothing, or
     ``/versions/{version}``, which the handler reads from ``request.path_params``)."""
 
+    responses = {**kwargs.pop("extra_responses", {}), **_ERRORS}
+
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for p in _both(path):
-            router.add_api_route(p, fn, methods=[method], responses=_ERRORS, **kwargs)
+        plain, versioned = _both(path)
+        router.add_api_route(plain, fn, methods=[method], responses=responses, **kwargs)
+        router.add_api_route(
+            versioned, _with_version(fn), methods=[method], responses=responses, **kwargs
+        )
         return fn
 
     return register
@@ -189,13 +220,13 @@ async def server_ready(request: Request) -> Response:
 
 
 @_route("GET", "/models/{model}{v}", summary="Model metadata")
-async def model_metadata_route(request: Request, model: str) -> Response:
+async def model_metadata_route(request: Request, model: ModelName) -> Response:
     """Every input the model accepts and every output it can answer."""
     return JSONResponse(model_metadata(_ready_model(request, model)))
 
 
 @_route("GET", "/models/{model}{v}/ready", summary="Model ready")
-async def model_ready(request: Request, model: str) -> Response:
+async def model_ready(request: Request, model: ModelName) -> Response:
     """200 when the model is READY, else 400 with its reason."""
     found = _ready_model(request, model)
     return JSONResponse({"name": found.name, "version": found.version, "ready": True})
@@ -215,8 +246,26 @@ _INFER_BODY = {
 }
 
 
-@_route("POST", "/models/{model}{v}/infer", summary="Inference", openapi_extra=_INFER_BODY)
-async def infer(request: Request, model: str) -> Response:
+_INFER_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The inference response; with binary outputs, its JSON header "
+        f"({HEADER_LENGTH} bytes) followed by the outputs' bytes.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@_route(
+    "POST",
+    "/models/{model}{v}/infer",
+    summary="Inference",
+    openapi_extra=_INFER_BODY,
+    extra_responses=_INFER_ANSWER,
+)
+async def infer(request: Request, model: ModelName) -> Response:
     """Run the model on ``x``; with an upstream signal (``labels``, ``target`` or
     ``out_grad``), also ``loss``, ``probabilities`` and gradients ``grad/...``."""
     label = model if model in repository_of(request).names() else metrics.OTHER
@@ -298,7 +347,7 @@ async def repository_index(request: Request) -> Response:
 
 
 @router.post("/repository/models/{model}/load", summary="Load a model", responses=_ERRORS)
-async def repository_load(request: Request, model: str) -> Response:
+async def repository_load(request: Request, model: ModelName) -> Response:
     """(Re)read the model's folder and swap the new model in atomically; requests
     already running finish with the old one. An invalid model is a 400 with its reason
     (and UNAVAILABLE in the index)."""
@@ -324,7 +373,7 @@ async def repository_load(request: Request, model: str) -> Response:
 
 
 @router.post("/repository/models/{model}/unload", summary="Unload a model", responses=_ERRORS)
-async def repository_unload(request: Request, model: str) -> Response:
+async def repository_unload(request: Request, model: ModelName) -> Response:
     """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish."""
     await _json_body(request)
     try:

@@ -587,3 +587,19 @@ def test_unload_lets_an_in_flight_request_finish(
     np.testing.assert_allclose(out["out"], reference(layers, x), rtol=1e-12, atol=1e-12)
     assert client.post("/v2/repository/models/tiny/load").status_code == 200
     assert client.app.state.models.entry("tiny").model is not model  # type: ignore[attr-defined]
+
+
+def test_readme_model_and_answers(tmp_path: Path) -> None:
+    """The README's model.json loads and answers what its curl examples show."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### The native format: `model.json`") :]
+    doc = section[section.index("```json\n") + 8 : section.index("\n```", section.index("```json"))]
+    write_model(tmp_path, "tiny", orjson.loads(doc))
+    with TestClient(create_app(Settings(model_repository=tmp_path))) as c:
+        x = {"name": "x", "datatype": "FP32", "shape": [1, 1, 4, 4], "data": list(range(16))}
+        labels = {"name": "labels", "datatype": "INT64", "shape": [1], "data": [1]}
+        out = decode(post_json(c, "tiny", {"inputs": [x]}))
+        loss = decode(post_json(c, "tiny", {"inputs": [x, labels], "outputs": [{"name": "loss"}]}))
+    # The README prints float32 results rounded to 7-8 digits: half a unit of the last one.
+    np.testing.assert_allclose(out["out"], [[3.2200003, 4.1500006]], rtol=0, atol=5e-7)
+    np.testing.assert_allclose(loss["loss"], [0.3325744], rtol=0, atol=5e-8)
