@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
-from .auth import ApiKeyMiddleware, load_keys
+from .auth import ApiKeyMiddleware, document_keys, load_keys
 from .compute import ComputeSlots
 from .models import DEFAULT_REPOSITORY, ModelRepository
 from .problems import install_problem_handlers, is_v2_path, problem_response, problem_responses
@@ -267,6 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keys = load_keys(settings)
     if keys:  # inside the metrics (401s are counted), outside the body limit (never read)
         app.add_middleware(ApiKeyMiddleware, keys=keys)
+        document_keys(app)
     # Outermost, so requests the body limit refuses are counted too.
     paths = [getattr(route, "path", "") for router in routers for route in router.routes]
     app.add_middleware(

@@ -18,7 +18,9 @@ import hmac
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
@@ -82,6 +84,29 @@ def _checked(entries: Iterable[str], what: str) -> list[str]:
             )
         keys.append(key)
     return keys
+
+
+def document_keys(app: FastAPI) -> None:
+    """Declare the bearer key in the app's OpenAPI document (Swagger UI's "Authorize"):
+    required everywhere but on the open paths."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = build()
+        if "bearer" not in spec.setdefault("components", {}).get("securitySchemes", {}):
+            spec["components"].setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key of CNN_API_KEYS or CNN_API_KEYS_FILE.",
+            }
+            spec["security"] = [{"bearer": []}]
+            for path, operations in spec.get("paths", {}).items():
+                if is_open(path):
+                    for operation in operations.values():
+                        operation["security"] = []
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def is_open(path: str) -> bool:

@@ -79,6 +79,15 @@ def test_probes_metrics_and_docs_stay_open(guarded: TestClient, path: str) -> No
     assert guarded.get(path).status_code == 200
 
 
+def test_the_openapi_document_declares_the_key_except_on_open_paths(guarded: TestClient) -> None:
+    spec = guarded.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["security"] == [{"bearer": []}]
+    assert spec["paths"]["/health/live"]["get"]["security"] == []
+    assert "security" not in spec["paths"][LINEAR]["post"]  # the document-wide default
+    assert "securitySchemes" not in _app().get("/openapi.json").json()["components"]
+
+
 def test_unknown_paths_need_a_key_too(guarded: TestClient) -> None:
     # An unauthenticated caller cannot tell which routes exist.
     assert guarded.get("/v1/no-such-route").status_code == 401
