@@ -29,10 +29,11 @@ def test_http_and_in_process_training_give_identical_weights(
     # Exact equality, not a tolerance: b64 carries each tensor's IEEE-754 bytes
     # unchanged in both directions (and the loss travels as the shortest decimal that
     # reads back as the same double), and the server runs the same cnncore functions on
-    # those bytes in the same order (its conv thread pool sums dW in a fixed chunk
-    # order; BLAS splits a GEMM over output blocks, never inside one dot product, so the
-    # thread count does not change any sum). Same operations on the same bits give the
-    # same bits, so every gradient, and thus every Adam update, matches to the last bit.
+    # those bytes in the same order: cnncore's conv cuts a batch into chunks fixed by the
+    # shapes, not by the thread count, and adds their partial dW in chunk order, and
+    # OpenBLAS threads a GEMM over blocks of the output, never inside one dot product.
+    # Same operations on the same bits give the same bits, so every gradient, and thus
+    # every Adam update, matches to the last bit.
     split = td.load_split(dtype)
     x, y = split.x_train[:96], split.y_train[:96]
     runs = []
