@@ -50,6 +50,15 @@ _TENSOR_PARAMETERS = {
 INFERENCE_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["inputs"],
+    "examples": [
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64},
+                {"name": "labels", "shape": [1], "datatype": "INT64", "data": [3]},
+            ],
+            "outputs": [{"name": "out"}, {"name": "loss"}, {"name": "grad/x"}],
+        }
+    ],
     "properties": {
         "id": {"type": "string"},
         "parameters": {
@@ -333,7 +342,30 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return doc
 
 
-@router.post("/repository/index", summary="Repository index", responses=_ERRORS)
+def _optional_body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI of an optional JSON body (the repository routes accept none at all)."""
+    return {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {**schema, "examples": [example]}}},
+        }
+    }
+
+
+_PARAMETERS_BODY = {
+    "type": "object",
+    "properties": {"parameters": {"type": "object"}},
+}
+
+
+@router.post(
+    "/repository/index",
+    summary="Repository index",
+    responses=_ERRORS,
+    openapi_extra=_optional_body(
+        {"type": "object", "properties": {"ready": {"type": "boolean"}}}, {"ready": False}
+    ),
+)
 async def repository_index(request: Request) -> Response:
     """Every model with its state and, when UNAVAILABLE, the reason; ``{"ready": true}``
     lists only the READY ones."""
@@ -346,7 +378,12 @@ async def repository_index(request: Request) -> Response:
     )
 
 
-@router.post("/repository/models/{model}/load", summary="Load a model", responses=_ERRORS)
+@router.post(
+    "/repository/models/{model}/load",
+    summary="Load a model",
+    responses=_ERRORS,
+    openapi_extra=_optional_body(_PARAMETERS_BODY, {}),
+)
 async def repository_load(request: Request, model: ModelName) -> Response:
     """(Re)read the model's folder and swap the new model in atomically; requests
     already running finish with the old one. An invalid model is a 400 with its reason
@@ -372,7 +409,12 @@ async def repository_load(request: Request, model: ModelName) -> Response:
     return JSONResponse({})
 
 
-@router.post("/repository/models/{model}/unload", summary="Unload a model", responses=_ERRORS)
+@router.post(
+    "/repository/models/{model}/unload",
+    summary="Unload a model",
+    responses=_ERRORS,
+    openapi_extra=_optional_body(_PARAMETERS_BODY, {"parameters": {}}),
+)
 async def repository_unload(request: Request, model: ModelName) -> Response:
     """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish."""
     await _json_body(request)
