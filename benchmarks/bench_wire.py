@@ -59,6 +59,7 @@ if __package__ in (None, ""):  # run as a script: make the packages importable f
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cnncore
+from service.client import loads as client_loads
 from service.runtime import tune_malloc
 from service.testing import free_port, serve_process
 
@@ -172,11 +173,13 @@ def decode_v2(response: httpx.Response) -> np.ndarray:
 
 
 def decode_v1(response: httpx.Response) -> np.ndarray:
-    """The ``out`` tensor of a /v1 forward response, b64 or nested list."""
-    out = orjson.loads(response.content)["out"]
+    """The ``out`` tensor of a /v1 forward response, b64 or nested list, decoded as
+    :class:`service.client.Client` decodes it."""
+    out = client_loads(response.content)["out"]
     if isinstance(out, dict):
+        raw = out["b64"] if isinstance(out["b64"], bytes) else pybase64.b64decode(out["b64"])
         dtype = np.dtype(out["dtype"]).newbyteorder("<")
-        return np.frombuffer(pybase64.b64decode(out["b64"]), dtype=dtype).reshape(out["shape"])
+        return np.frombuffer(raw, dtype=dtype).reshape(out["shape"])
     return np.asarray(out)
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import orjson
 import pybase64
 
+from .tensors import TakenB64, is_placeholder, take_long_b64
+
 Encoding = Literal["list", "b64"]
 IntOrPair = int | tuple[int, int]
 Padding = int | tuple[int, int] | tuple[int, int, int, int] | str
@@ -446,7 +448,7 @@ class Client:
 
     def _send(self, method: str, path: str, content: bytes | None) -> dict[str, Any]:
         headers = _JSON if content is not None else {}
-        result: dict[str, Any] = orjson.loads(self._request(method, path, content, headers).content)
+        result: dict[str, Any] = loads(self._request(method, path, content, headers).content)
         return result
 
     def _request(
@@ -463,11 +465,36 @@ class Client:
         return response
 
 
+def loads(content: bytes) -> Any:
+    """A JSON response body; each long ``b64`` value comes back as its decoded ``bytes``,
+    taken straight from ``content`` (:func:`service.tensors.take_long_b64`: parsing 5.6 MB
+    of base64 as a JSON string costs orjson more than the rest of the response)."""
+    body, taken = take_long_b64(content)
+    doc = orjson.loads(body)
+    return _resolve(doc, taken) if taken else doc
+
+
+def _resolve(node: Any, taken: dict[str, TakenB64]) -> Any:
+    """Put the decoded bytes of ``taken`` in place of their placeholders in ``node``."""
+    if isinstance(node, dict):
+        if is_placeholder(node.get("b64")) and node["b64"] in taken:
+            node["b64"] = taken[node["b64"]].raw
+        else:
+            for value in node.values():
+                _resolve(value, taken)
+    elif isinstance(node, list) and node and isinstance(node[0], dict | list):
+        for value in node:
+            _resolve(value, taken)
+    return node
+
+
 def _decode(wire: Any, meta: dict[str, Any]) -> np.ndarray:
     """A response tensor as an array of the computation's dtype (``meta["dtype"]``)."""
     if isinstance(wire, dict) and "b64" in wire:
         le = np.dtype(wire["dtype"]).newbyteorder("<")
-        flat = np.frombuffer(pybase64.b64decode(wire["b64"]), dtype=le)
+        b64 = wire["b64"]
+        raw = b64 if isinstance(b64, bytes) else pybase64.b64decode(b64)  # bytes: from loads
+        flat = np.frombuffer(raw, dtype=le)
         return flat.reshape(wire["shape"]).astype(le.newbyteorder("="))  # a writable copy
     if isinstance(wire, dict):
         return np.asarray(wire["data"], dtype=wire["dtype"]).reshape(wire["shape"])

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
+from service.client import loads
 from service.tensors import LONG_B64, parse_json_body
 
 from .wire import assert_problem, client, from_wire
@@ -92,3 +93,18 @@ def test_placeholder_spelled_by_a_client_is_not_resolved(rng: np.random.Generato
     x = rng.standard_normal(BIG).astype(np.float32)
     body = conv_body(x).replace(b64(x).encode(), b"\\u0000b64:0")
     assert_problem(post(body), 422, ["x"])
+
+
+def test_client_loads_gives_long_b64_as_bytes(rng: np.random.Generator) -> None:
+    big = rng.standard_normal(BIG).astype(np.float32)
+    small = rng.standard_normal((2, 3)).astype(np.float32)
+    doc = {
+        "dx": {"shape": list(BIG), "dtype": "float32", "b64": b64(big)},
+        "grads": [{"dw": {"shape": [2, 3], "dtype": "float32", "b64": b64(small)}}, {}],
+        "meta": {"input_shape": list(BIG)},
+    }
+    got = loads(orjson.dumps(doc))
+    assert got["dx"]["b64"] == big.astype("<f4").tobytes()  # decoded from the body
+    assert got["grads"][0]["dw"]["b64"] == b64(small)  # short: a str, as orjson gives it
+    got["dx"]["b64"] = doc["dx"]["b64"]
+    assert got == doc
