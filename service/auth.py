@@ -28,7 +28,7 @@ from .problems import is_v2_path, problem_response
 from .settings import Settings
 
 #: Paths that never need a key: exact paths, and prefixes (everything below them).
-OPEN_PATHS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json"})
 OPEN_PREFIXES = ("/health/", "/v2/health/", "/static/")
 
 #: A key is visible ASCII without commas (RFC 6750's b64token is a subset), 1 to 256 chars.

@@ -431,6 +431,7 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
     return float(p50), float(p95)
 
 
+@pytest.mark.timeout(600)  # a safety net: ~1 min on an idle 2-core machine, 4.5 on a busy one
 def test_rolls_and_a_crash_behind_nginx_lose_no_request(
     folder: Path, rng: np.random.Generator, request: pytest.FixtureRequest
 ) -> None:
