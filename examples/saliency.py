@@ -60,10 +60,8 @@ def draw(x: np.ndarray, y: np.ndarray, predicted: np.ndarray, maps: np.ndarray, 
     for ax in axes.flat:
         ax.set_axis_off()
     for i in range(len(x)):
-        left, right = (
-            axes[i // COLUMNS, 2 * (i % COLUMNS)],
-            axes[i // COLUMNS, 2 * (i % COLUMNS) + 1],
-        )
+        row, pair = divmod(i, COLUMNS)
+        left, right = axes[row, 2 * pair], axes[row, 2 * pair + 1]
         left.imshow(x[i, 0], cmap="gray_r", vmin=0, vmax=1)
         verdict = "" if predicted[i] == y[i] else " ✗"
         left.set_title(f"{LABELS[y[i]]} → {LABELS[predicted[i]]}{verdict}", fontsize=9)
@@ -89,9 +87,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     data = load_split()
     with service_url(args.url) as url, Client(url) as client:
-        chosen = pick(data.y_test, predict(client, args.model, data.x_test))
-        x, y = data.x_test[chosen], data.y_test[chosen]
-        predicted = predict(client, args.model, x)
+        predicted = predict(client, args.model, data.x_test)
+        chosen = pick(data.y_test, predicted)
+        x, y, predicted = data.x_test[chosen], data.y_test[chosen], predicted[chosen]
         maps = saliency(client, args.model, x, predicted)
     draw(x, y, predicted, maps, args.out)
     print(f"wrote {args.out}")
