@@ -146,3 +146,14 @@ def test_unaligned_binary_input_is_read_exactly(client: TestClient) -> None:
         assert r.status_code == 200, r.text
         results.append(r.json()["outputs"][0]["data"])
     assert results[0] == results[1]
+
+
+def test_all_json_body_with_its_length_in_the_header(client: TestClient) -> None:
+    """A header length equal to the whole body (no binary part) is a JSON request."""
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 1, 6, 6], "datatype": "FP32", "data": [0.0] * 36}]}
+    )
+    r = client.post("/v2/models/m/infer", content=body, headers={HEADER: str(len(body))})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert HEADER.lower() not in r.headers  # no binary outputs: no framing in the answer
