@@ -269,6 +269,14 @@ def test_api_keys_come_from_a_mounted_secret() -> None:
     assert mount["readOnly"] is True
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     assert [item["path"] for item in volume["secret"]["items"]] == [keys_file.name]
+    # Secret files belong to root and to the pod's fsGroup: the service's user must read it.
+    mode = volume["secret"]["defaultMode"]
+    security = pod["securityContext"]
+    in_group = security.get("fsGroup") in (
+        security["runAsGroup"],
+        *security.get("supplementalGroups", []),
+    )
+    assert mode & 0o004 or (in_group and mode & 0o040), f"mode {mode:o} unreadable by the user"
     assert "CNN_API_KEYS" not in _pod_env(deployment)  # never a key in the manifest itself
 
 
