@@ -23,6 +23,7 @@ output's bytes once, straight from the array, after its JSON header.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,42 @@ def _shown(name: Any) -> str:
 
 
 # --------------------------------------------------------------------------- requests
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before ``Content-Encoding`` (``gzip`` or ``deflate``, as
+    ``tritonclient``'s ``request_compression_algorithm`` sends it), inflated to at most
+    ``limit`` bytes.
+
+    Raises
+    ------
+    ApiError
+        413 when it inflates beyond ``limit`` (``CNN_MAX_BODY_BYTES``: a small body must
+        not become a huge one); 400 for data that does not inflate, or another encoding.
+    """
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    kind = encoding.strip().lower()
+    if kind not in ("gzip", "deflate"):
+        raise bad_request(
+            f"Content-Encoding {_shown(kind)} is not supported; send gzip, deflate or none",
+            ["header", "content-encoding"],
+        )
+    inflater = zlib.decompressobj(wbits=31 if kind == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit)
+        if inflater.unconsumed_tail:
+            raise ApiError(
+                413,
+                f"the request body inflates to more than {limit} bytes (CNN_MAX_BODY_BYTES)",
+                [(["header", "content-encoding"], "inflated body too large")],
+            )
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise bad_request(f"the {kind} body does not inflate: {exc}") from None
+    if not inflater.eof:
+        raise bad_request(f"the {kind} body is truncated")
+    return out
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:

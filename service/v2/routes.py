@@ -29,7 +29,7 @@ from ..models import Model, ModelEntry, ModelNameError, ModelNotFoundError, Mode
 from ..models.model import VERSION, ModelState
 from ..problems import ApiError
 from ..routing import JSONResponse, settings_of, slots_of
-from .binary import HEADER_LENGTH, bad_request, encode_response, split_body
+from .binary import HEADER_LENGTH, bad_request, decompress, encode_response, split_body
 from .protocol import compute, model_metadata, plan_request, response_head
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -281,19 +281,17 @@ async def infer(request: Request, model: ModelName) -> Response:
     with _observed(label), slots_of(request).admit():
         found = _ready_model(request, model)
         body = await request.body()
-        header_length = request.headers.get(HEADER_LENGTH)
-        content, length, media_type = await run_in_threadpool(
-            _infer, request, found, body, header_length
-        )
+        content, length, media_type = await run_in_threadpool(_infer, request, found, body)
     headers = {HEADER_LENGTH: str(length)} if length is not None else None
     return Response(content, media_type=media_type, headers=headers)
 
 
-def _infer(
-    request: Request, model: Model, body: bytes, header_length: str | None
-) -> tuple[bytes, int | None, str]:
+def _infer(request: Request, model: Model, body: bytes) -> tuple[bytes, int | None, str]:
     """Parse, check, compute and encode one inference request (in a worker thread)."""
-    header, binary = split_body(body, header_length)
+    encoding = request.headers.get("content-encoding")
+    if encoding is not None:
+        body = decompress(body, encoding, settings_of(request).max_body_bytes)
+    header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
     head = body[: len(body) - len(binary)]
     may_hold_bools = b"true" in head or b"false" in head
     plan = plan_request(model, header, binary, settings_of(request), may_hold_bools)

@@ -4,6 +4,8 @@ well-behaved client sends them."""
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +159,20 @@ def test_all_json_body_with_its_length_in_the_header(client: TestClient) -> None
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/json"
     assert HEADER.lower() not in r.headers  # no binary outputs: no framing in the answer
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_bodies_inflate_within_the_body_limit(client: TestClient, encoding: str) -> None:
+    body, length = good()
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    headers = {HEADER: length, "Content-Encoding": encoding}
+    r = client.post("/v2/models/m/infer", content=packed, headers=headers)
+    assert r.status_code == 200, r.text
+    bomb = gzip.compress(b" " * (70 << 20))  # 70 MiB of spaces in about 70 KB
+    r = client.post("/v2/models/m/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    assert "inflates to more than" in r.json()["error"]
+    r = client.post("/v2/models/m/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400
+    r = client.post("/v2/models/m/infer", content=body, headers={"Content-Encoding": "br"})
+    assert r.status_code == 400

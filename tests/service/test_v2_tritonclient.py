@@ -234,3 +234,13 @@ def test_python_client(base_url: str, layers: list, x: np.ndarray) -> None:
         with pytest.raises(ServiceError, match="unknown output") as info:
             api.infer("tiny", x, outputs=["nope"])
         assert info.value.status == 400
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(triton: Any, layers: list, x: np.ndarray, algorithm: str) -> None:
+    result = triton.infer(
+        "tiny", [infer_input("x", x, True)], request_compression_algorithm=algorithm
+    )
+    expected = cnncore.network_forward(x, core_layers(layers))[0]
+    # The same float64 sums as cnncore's (at most 18 terms): a few eps.
+    np.testing.assert_allclose(result.as_numpy("out"), expected, rtol=1e-12, atol=1e-12)
