@@ -1,6 +1,6 @@
 """Saliency maps: which pixels the digits model's decision depends on, asked of the service.
 
-    python -m examples.saliency [--url URL] [--model NAME] [--out PNG]
+    python -m examples.saliency [--url URL] [--api-key KEY] [--model NAME] [--out PNG]
 
 For a dozen held-out digits (the first of each class, then the first two the model
 gets wrong) the script asks the served model (``digits``, the default model) for the
@@ -77,6 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Draw saliency maps of the digits model, with gradients from cnn-service.",
     )
     parser.add_argument("--url", help="a running service (default: start one on a free port)")
+    parser.add_argument("--api-key", help="for a service that needs one (CNN_API_KEYS)")
     parser.add_argument("--model", default="digits", help="the served model's name (digits)")
     parser.add_argument("--out", type=Path, default=Path("saliency.png"), help="the PNG to write")
     return parser.parse_args(argv)
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Pick the digits, ask the service for their saliency, write the PNG."""
     args = parse_args(argv)
     data = load_split()
-    with service_url(args.url) as url, Client(url) as client:
+    with service_url(args.url) as url, Client(url, api_key=args.api_key) as client:
         predicted = predict(client, args.model, data.x_test)
         chosen = pick(data.y_test, predicted)
         x, y, predicted = data.x_test[chosen], data.y_test[chosen], predicted[chosen]

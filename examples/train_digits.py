@@ -1,7 +1,7 @@
 """Train a small CNN on scikit-learn's digits; every gradient comes from the service.
 
-    python -m examples.train_digits [--url URL] [--out DIR] [--epochs N] [--seed S]
-                                    [--batch-size B] [--lr LR]
+    python -m examples.train_digits [--url URL] [--api-key KEY] [--out DIR]
+                                    [--epochs N] [--seed S] [--batch-size B] [--lr LR]
 
 Each step posts the current weights and a mini-batch to ``/v1/network/backward``
 (through :class:`service.client.Client`: base64 tensors, one kept-alive connection),
@@ -441,6 +441,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Train a small CNN on scikit-learn's digits with gradients from cnn-service.",
     )
     parser.add_argument("--url", help="a running service (default: start one on a free port)")
+    parser.add_argument("--api-key", help="for a service that needs one (CNN_API_KEYS)")
     parser.add_argument("--out", type=Path, help="write OUT/digits/model.json")
     parser.add_argument("--epochs", type=int, default=8, help="passes over the data (8)")
     parser.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (0)")
@@ -462,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_split()
     rng = np.random.default_rng(args.seed)
     params = init_params(rng)
-    with service_url(args.url) as url, Client(url) as client:
+    with service_url(args.url) as url, Client(url, api_key=args.api_key) as client:
         backend = ServiceBackend(client)
         history = train(
             backend,
