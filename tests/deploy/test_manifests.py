@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from service.app import create_app
 from service.settings import MiB, Settings
 from service.testing import free_port, serve_process
 
-from .manifests import ROOT, container, documents, memory_budget, one, quantity
+from .manifests import JSON_EXPANSION, ROOT, container, documents, memory_budget, one, quantity
 
 K8S = ROOT / "deploy" / "kubernetes"
 #: The oldest Kubernetes release still maintained upstream, and the newest the validator knows.
@@ -386,3 +387,48 @@ def test_the_service_runs_as_nobody_with_its_package_and_home_read_only(
             assert worker.memory_info().rss <= base, (
                 f"idle worker RSS {worker.memory_info().rss / MiB:.0f} MiB"
             )
+
+
+@pytest.mark.slow
+def test_a_worst_case_body_stays_within_the_parsing_factor_of_the_budget() -> None:
+    """The budget's JSON_EXPANSION, measured: a body of CNN_MAX_BODY_BYTES made of nested
+    lists (the costliest JSON per byte) against a replica with the pod's limits."""
+    psutil = pytest.importorskip("psutil")
+    env = _resolved_env(_k8s("Deployment"))
+    env.update(CNN_HOST="127.0.0.1", CNN_SHUTDOWN_DELAY="0")
+    del env["CNN_API_KEYS_FILE"]  # the pod's Secret; keys play no part here
+    limit = int(env["CNN_MAX_BODY_BYTES"])
+    unit = "[" * 200 + "]" * 200
+    count = (limit - 64) // (len(unit) + 1)
+    body = ('{"x": [' + ",".join([unit] * count) + '], "w": [[1.0]]}').encode()
+    assert limit - 1000 < len(body) <= limit
+    port = free_port()
+    env["CNN_PORT"] = str(port)
+    with serve_process(env=env, port=port, timeout=60) as (base_url, proc):
+        process = psutil.Process(proc.pid)
+        before = process.memory_info().rss
+        peak = before
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, process.memory_info().rss)
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            r = httpx.post(
+                f"{base_url}/v1/linear/forward",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=120,
+            )
+        finally:
+            time.sleep(0.2)
+            done.set()
+            sampler.join()
+    assert r.status_code == 422  # not a tensor; what matters is what parsing it held
+    growth = (peak - before) / len(body)
+    assert growth <= JSON_EXPANSION, f"{growth:.1f} bytes held per body byte"
