@@ -17,9 +17,16 @@ what the contract answers:
 
 Every other answer to valid data (400, 404, 405, 408, 415, 500, 503) still fails
 ``positive_data_acceptance``.
+
+The Open Inference Protocol routes (``/v2``) are fuzzed separately with fewer examples:
+there a request valid by the schema may not fit the model (a 400) or name no model (a
+404), so instead of ``positive_data_acceptance`` every error must carry the protocol's
+``"error"`` member (what V2 clients read).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import schemathesis
@@ -48,6 +55,14 @@ SCHEMA.config.generation.update(
 )
 SCHEMA.config.checks.positive_data_acceptance.expected_statuses = ["2xx", "413", "422"]
 SCHEMA.config.checks.negative_data_rejection.expected_statuses = ["400", "413", "422"]
+V1_SCHEMA = SCHEMA.exclude(path_regex="^/v2")
+V2_SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP).include(path_regex="^/v2")
+V2_SCHEMA.config.generation.update(
+    modes=["positive", "negative"], max_examples=8, database="none", deterministic=True
+)
+# The coverage phase enumerates variants of the inference request's free-form `data`
+# arrays for minutes; the examples and fuzzing phases still run.
+V2_SCHEMA.config.phases.coverage.enabled = False
 
 CHECKS = [
     not_a_server_error,
@@ -59,8 +74,33 @@ CHECKS = [
 ]
 
 
-@SCHEMA.parametrize()
+@V1_SCHEMA.parametrize()
 # Tensors nest up to 8 levels: some draws are big, and a shared CI machine is slow at times.
 @settings(suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
 def test_api_conforms_to_its_openapi_document(case: schemathesis.Case) -> None:
     case.call_and_validate(checks=CHECKS)
+
+
+@schemathesis.check
+def v2_errors_carry_error(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
+    """Every error answer on /v2 is JSON with a string ``error`` member."""
+    if response.status_code >= 400:
+        body = response.json()
+        assert isinstance(body, dict), body
+        assert isinstance(body.get("error"), str), body
+    return None
+
+
+V2_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    v2_errors_carry_error,
+]
+
+
+@V2_SCHEMA.parametrize()
+@settings(suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
+def test_v2_routes_conform_and_errors_carry_error(case: schemathesis.Case) -> None:
+    case.call_and_validate(checks=V2_CHECKS)
