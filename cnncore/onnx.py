@@ -97,7 +97,8 @@ def load_onnx(path: str | PathLike[str]) -> Graph:
     Parameters
     ----------
     path
-        The ``.onnx`` file (external data, if any, next to it as ONNX expects).
+        The ``.onnx`` file. Weights saved as external data (the dynamo exporter's
+        default) are read from the file's folder; a location outside it is refused.
 
     Returns
     -------
@@ -119,8 +120,10 @@ def load_onnx(path: str | PathLike[str]) -> Graph:
         model = onnx.load(str(path))
     except FileNotFoundError:
         raise OnnxImportError(f"{path}: no such file") from None
-    except Exception as exc:  # protobuf's DecodeError and friends: not a model file
-        raise OnnxImportError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # protobuf's DecodeError, external data outside the folder ...
+        raise OnnxImportError(
+            f"{path}: cannot be read as an ONNX model ({type(exc).__name__}: {exc})"
+        ) from None
     return import_model(model)
 
 

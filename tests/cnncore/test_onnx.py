@@ -850,7 +850,7 @@ def test_custom_domain_refused() -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"\x00\xffnot a protobuf\xff", "not an ONNX model"),
+        (b"\x00\xffnot a protobuf\xff", "cannot be read as an ONNX model"),
         (None, "no such file"),
     ],
     ids=["garbage", "missing"],
@@ -861,6 +861,24 @@ def test_unreadable_files(tmp_path: Path, content: bytes | None, message: str) -
         path.write_bytes(content)
     with pytest.raises(OnnxImportError, match=message):
         load_onnx(path)
+
+
+def test_external_data_from_the_folder_only(tmp_path: Path) -> None:
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = model_of(Case([node("Add", ["input", "c"])], (2, 300), {"c": np.ones(300)}))
+    convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
+    (tmp_path / "m").mkdir()
+    onnx.save(model, tmp_path / "m" / "model.onnx")
+    assert load_onnx(tmp_path / "m" / "model.onnx").params["c"].shape == (300,)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.bin"
+    (tmp_path / "outside.bin").write_bytes(np.ones(300, np.float32).tobytes())
+    onnx.save(model, tmp_path / "m" / "model.onnx")
+    with pytest.raises(OnnxImportError, match="points outside the directory"):
+        load_onnx(tmp_path / "m" / "model.onnx")
 
 
 def test_checker_runs_first() -> None:
