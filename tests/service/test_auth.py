@@ -227,10 +227,12 @@ def test_the_cli_refuses_to_start_with_an_unreadable_key_file(
 # --------------------------------------------------------------------------- clients
 
 
-def test_the_python_client_sends_its_api_key(guarded: TestClient) -> None:
-    with Client(http=guarded, api_key=KEYS[1]) as api:
+def test_the_python_client_sends_its_api_key() -> None:
+    # A fresh app each: the client sets the header on the httpx client it is given.
+    with Client(http=_app(api_keys=SecretStr(KEYS[1])), api_key=KEYS[1]) as api:
         assert api.info()["service"] == "cnn-service"
-    with Client(http=guarded, api_key="wrong") as api, pytest.raises(ServiceError) as refused:
+    wrong = Client(http=_app(api_keys=SecretStr(KEYS[1])), api_key="wrong")
+    with wrong as api, pytest.raises(ServiceError) as refused:
         api.info()
     assert refused.value.status == 401
 
