@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import subprocess
@@ -276,14 +277,14 @@ _TICK_MS = 1e3 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.0
 
 
 def cpu_ms(pid: int | None) -> float:
-    """User + system CPU time of process ``pid`` (all its threads) in ms; 0 without one
-    (or off Linux)."""
+    """User + system CPU time of process ``pid`` (all its threads) in ms; 0 without one,
+    NaN when it cannot be read (an unknown server, or not Linux)."""
     if pid is None:
         return 0.0
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
+        return math.nan
     fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) * _TICK_MS
 
@@ -370,6 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         "--kserve-python", help="a Python with kserve installed: adds the KServe peer row"
     )
     parser.add_argument("--peer-rounds", type=int, default=5, help="rounds of the peer row")
+    parser.add_argument(
+        "--url",
+        help="a service already running (another checkout, to compare); its V2 rows need "
+        "the models of --write-repository, and its CPU time is not counted",
+    )
+    parser.add_argument(
+        "--write-repository", metavar="DIR", help="write the benchmark's model repository, exit"
+    )
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo:
@@ -398,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny_v1_body = orjson.dumps(TUTORIAL_CONV)
     tiny_bin_body, tiny_bin_headers = v2_binary_request(tiny_x)
     tiny_json_body = v2_json_request(tiny_x)
+    if args.write_repository:
+        model_repository(Path(args.write_repository), w, tiny)
+        return 0
     print(machine_state())
 
     with contextlib.ExitStack() as stack:
@@ -405,8 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         repo = model_repository(tmp, w, tiny)
         np.save(repo / BIG_MODEL / "weights.npy", w)  # for the KServe peer
         env = {"CNN_LOG_LEVEL": "warning", "CNN_MODEL_REPOSITORY": str(repo)}
-        service_url, service_proc = stack.enter_context(serve_process(env=env))
-        service_pid = service_proc.pid
+        service_pid = -1  # unknown: its CPU time shows as n/a
+        if args.url:
+            service_url = args.url
+        else:
+            service_url, service_proc = stack.enter_context(serve_process(env=env))
+            service_pid = service_proc.pid
         echo_url, echo_pid = stack.enter_context(echo_server())
         peer = stack.enter_context(
             kserve_server(args.kserve_python, repo / BIG_MODEL / "weights.npy")
@@ -542,7 +558,7 @@ def print_table(rows: list[Row], args: argparse.Namespace, floor_big: str) -> No
     for row in rows:
         cells = [row.name, f"{row.median:.2f}", row.spread()]
         if row.floor is None:
-            cells += ["", "", "", "", "", f"{row.cpu_mean:.1f}", ""]
+            cells += ["", "", "", "", "", f"{row.cpu_mean:.1f}".replace("nan", "n/a"), ""]
         else:
             ratio = row.median / floors[row.floor]
             cells += [row.floor, f"{floors[row.floor]:.2f}", f"{ratio:.2f}"]
@@ -550,7 +566,9 @@ def print_table(rows: list[Row], args: argparse.Namespace, floor_big: str) -> No
                 cells += ["report", ""]
             else:
                 cells += [f"≤ {row.target:g}", "PASS" if ratio <= row.target else "FAIL"]
-            cells += [f"{row.cpu_mean:.1f}", f"{row.cpu_mean / cpu_floors[row.floor]:.2f}"]
+            cpu_ratio = row.cpu_mean / cpu_floors[row.floor]
+            cells += [f"{row.cpu_mean:.1f}", f"{cpu_ratio:.2f}"]
+            cells[-2:] = [c.replace("nan", "n/a") for c in cells[-2:]]
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
