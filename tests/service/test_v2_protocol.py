@@ -570,10 +570,10 @@ def test_unload_lets_an_in_flight_request_finish(
     started, release = threading.Event(), threading.Event()
     forward = model.graph.forward
 
-    def held(xs: np.ndarray) -> Any:
+    def held(xs: np.ndarray, **kwargs: Any) -> Any:
         started.set()
         release.wait(timeout=30)  # a safety net; released below
-        return forward(xs)
+        return forward(xs, **kwargs)
 
     monkeypatch.setattr(model.graph, "forward", held)
     with ThreadPoolExecutor(1) as pool:
