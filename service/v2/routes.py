@@ -30,86 +30,17 @@ from ..models.model import VERSION, ModelState
 from ..problems import ApiError
 from ..routing import JSONResponse, settings_of, slots_of
 from .binary import HEADER_LENGTH, bad_request, decompress, encode_response, split_body
+from .openapi import (
+    ERRORS,
+    EXTENSIONS,
+    INFER_ANSWER,
+    INFER_BODY,
+    PARAMETERS_BODY,
+    optional_body,
+)
 from .protocol import compute, model_metadata, plan_request, response_head
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
-
-#: An error on /v2: problem details with the protocol's ``error`` member.
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-}
-_TENSOR_PARAMETERS = {
-    "type": "object",
-    "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
-}
-#: The JSON part of an inference request (the protocol's $inference_request).
-INFERENCE_REQUEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["inputs"],
-    "examples": [
-        {
-            "inputs": [
-                {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64},
-                {"name": "labels", "shape": [1], "datatype": "INT64", "data": [3]},
-            ],
-            "outputs": [{"name": "out"}, {"name": "loss"}, {"name": "grad/x"}],
-        }
-    ],
-    "properties": {
-        "id": {"type": "string"},
-        "parameters": {
-            "type": "object",
-            "properties": {"binary_data_output": {"type": "boolean"}},
-        },
-        "inputs": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["name", "shape", "datatype"],
-                "properties": {
-                    "name": {"type": "string", "examples": ["x", "labels", "target", "out_grad"]},
-                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                    "datatype": {"type": "string", "enum": ["FP32", "FP64", "INT64", "INT32"]},
-                    "parameters": _TENSOR_PARAMETERS,
-                    "data": {"type": "array"},
-                },
-            },
-        },
-        "outputs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string", "examples": ["out", "loss", "grad/x", "grad/*"]},
-                    "parameters": {
-                        "type": "object",
-                        "properties": {"binary_data": {"type": "boolean"}},
-                    },
-                },
-            },
-        },
-    },
-}
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": text,
-        "content": {"application/problem+json": {"schema": ERROR_SCHEMA}},
-    }
-    for status, text in {
-        400: "The request does not fit the protocol or the model; `error` says why.",
-        404: "Unknown model or version.",
-        413: "Body, tensor, compute or memory budget too large.",
-        503: "Overloaded; retry after `Retry-After` seconds.",
-    }.items()
-}
-
 
 #: A model name in a path (checked by the repository, so that a bad one is a V2 400).
 ModelName = Annotated[str, Path(description="The model's name.", examples=["digits"])]
@@ -178,7 +109,7 @@ def _route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any
     """Register a handler on both forms of ``path`` (``{v}``: nothing, or
     ``/versions/{version}``, which the handler reads from ``request.path_params``)."""
 
-    responses = {**kwargs.pop("extra_responses", {}), **_ERRORS}
+    responses = {**kwargs.pop("extra_responses", {}), **ERRORS}
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         plain, versioned = _both(path)
@@ -206,7 +137,7 @@ async def server_live() -> Response:
     return JSONResponse({"live": True})
 
 
-@router.get("/health/ready", summary="Server ready", responses=_ERRORS)
+@router.get("/health/ready", summary="Server ready", responses=ERRORS)
 async def server_ready(request: Request) -> Response:
     """200 once the repository has been read, whatever each model's state (with
     ``CNN_STRICT_READINESS=true``: only while every model is READY); 400 otherwise, and
@@ -241,38 +172,12 @@ async def model_ready(request: Request, model: ModelName) -> Response:
     return JSONResponse({"name": found.name, "version": found.version, "ready": True})
 
 
-_INFER_BODY = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": INFERENCE_REQUEST_SCHEMA},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-            },
-        },
-        "description": "The JSON inference request, followed by binary tensor data when "
-        f"the {HEADER_LENGTH} header gives the JSON part's length.",
-    }
-}
-
-
-_INFER_ANSWER: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The inference response; with binary outputs, its JSON header "
-        f"({HEADER_LENGTH} bytes) followed by the outputs' bytes.",
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-
-
 @_route(
     "POST",
     "/models/{model}{v}/infer",
     summary="Inference",
-    openapi_extra=_INFER_BODY,
-    extra_responses=_INFER_ANSWER,
+    openapi_extra=INFER_BODY,
+    extra_responses=INFER_ANSWER,
 )
 async def infer(request: Request, model: ModelName) -> Response:
     """Run the model on ``x``; with an upstream signal (``labels``, ``target`` or
@@ -340,27 +245,11 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return doc
 
 
-def _optional_body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI of an optional JSON body (the repository routes accept none at all)."""
-    return {
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": {**schema, "examples": [example]}}},
-        }
-    }
-
-
-_PARAMETERS_BODY = {
-    "type": "object",
-    "properties": {"parameters": {"type": "object"}},
-}
-
-
 @router.post(
     "/repository/index",
     summary="Repository index",
-    responses=_ERRORS,
-    openapi_extra=_optional_body(
+    responses=ERRORS,
+    openapi_extra=optional_body(
         {"type": "object", "properties": {"ready": {"type": "boolean"}}}, {"ready": False}
     ),
 )
@@ -379,8 +268,8 @@ async def repository_index(request: Request) -> Response:
 @router.post(
     "/repository/models/{model}/load",
     summary="Load a model",
-    responses=_ERRORS,
-    openapi_extra=_optional_body(_PARAMETERS_BODY, {}),
+    responses=ERRORS,
+    openapi_extra=optional_body(PARAMETERS_BODY, {}),
 )
 async def repository_load(request: Request, model: ModelName) -> Response:
     """(Re)read the model's folder and swap the new model in atomically; requests
@@ -410,8 +299,8 @@ async def repository_load(request: Request, model: ModelName) -> Response:
 @router.post(
     "/repository/models/{model}/unload",
     summary="Unload a model",
-    responses=_ERRORS,
-    openapi_extra=_optional_body(_PARAMETERS_BODY, {"parameters": {}}),
+    responses=ERRORS,
+    openapi_extra=optional_body(PARAMETERS_BODY, {"parameters": {}}),
 )
 async def repository_unload(request: Request, model: ModelName) -> Response:
     """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish."""
