@@ -541,7 +541,8 @@ def test_rolls_and_a_crash_behind_nginx_lose_no_request(
     _report(request, figures)
 
     assert not load.failures, (
-        f"{len(load.failures)} failed, e.g. {load.failures[:5]}\n{nginx.error_log()}"
+        f"{len(load.failures)} failed, e.g. {load.failures[:5]}\n{_tracebacks(folder)}"
+        f"\nnginx:\n{nginx.error_log()}"
     )
     assert correct == sent
     assert op["sent"] > 50  # the load really ran
@@ -549,6 +550,13 @@ def test_rolls_and_a_crash_behind_nginx_lose_no_request(
     assert cut_off, "nginx saw no request cut off by the crash"
     # ... and every one of them was answered by another replica (none failed, above).
     assert len(retried_after_crash) >= len(cut_off)
+
+
+def _tracebacks(folder: Path) -> str:
+    """The end of every replica log that holds a traceback (what a 500 logged)."""
+    logs = sorted(folder.glob("replica-*.log"))
+    texts = [(log.name, log.read_text(errors="replace")) for log in logs]
+    return "\n".join(f"{name}:\n{text[-2500:]}" for name, text in texts if "Traceback" in text)
 
 
 def _report(request: pytest.FixtureRequest, figures: dict[str, Any]) -> None:
