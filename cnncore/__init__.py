@@ -28,6 +28,7 @@ from .network import (
     SoftmaxCrossEntropy,
     network_backward,
     network_forward,
+    network_graph,
     network_info,
     network_loss,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "mse_loss",
     "network_backward",
     "network_forward",
+    "network_graph",
     "network_info",
     "network_loss",
     "pool2d_backward",

@@ -50,11 +50,12 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, arg: str | N
         ``arg`` when given (e.g. ``"stride"`` for ``stride[0]``), else ``name``.
     """
     arg = arg or name
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ParameterError(
-            f"{name} must be an integer, got {_short(value)} ({type(value).__name__})", arg=arg
-        )
-    value = int(value)
+    if type(value) is not int:  # the common case skips the abstract-class check (~1 us)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ParameterError(
+                f"{name} must be an integer, got {_short(value)} ({type(value).__name__})", arg=arg
+            )
+        value = int(value)
     if minimum is not None and value < minimum:
         raise ParameterError(f"{name} must be >= {minimum}, got {value}", arg=arg)
     return value
@@ -68,6 +69,9 @@ def as_pair(value: Any, name: str, *, minimum: int = 1) -> Pair:
     ParameterError
         If ``value`` is neither an integer nor a sequence of two integers.
     """
+    if type(value) is int:  # the common case, without the abstract-class checks below
+        v = check_int(value, name, minimum=minimum)
+        return v, v
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
             raise ParameterError(
@@ -334,13 +338,16 @@ class Pool2dGeometry:
 def _check_shape(
     shape: Any, name: str, ndim: int | None = None, *, min_ndim: int = 1
 ) -> tuple[int, ...]:
-    if isinstance(shape, str) or not isinstance(shape, Sequence):
-        raise ShapeError(
-            f"{name} must be a shape (a sequence of integers), got {_short(shape)}", arg=name
+    if type(shape) is tuple and all(type(s) is int and s > 0 for s in shape):
+        dims: tuple[int, ...] = shape  # an array's shape: no per-dimension checks (~1 us each)
+    else:
+        if isinstance(shape, str) or not isinstance(shape, Sequence):
+            raise ShapeError(
+                f"{name} must be a shape (a sequence of integers), got {_short(shape)}", arg=name
+            )
+        dims = tuple(
+            check_int(s, f"{name} dimension {i}", minimum=0, arg=name) for i, s in enumerate(shape)
         )
-    dims = tuple(
-        check_int(s, f"{name} dimension {i}", minimum=0, arg=name) for i, s in enumerate(shape)
-    )
     if ndim is not None and len(dims) != ndim:
         raise ShapeError(f"{name} must be {ndim}-D, got shape {dims} ({len(dims)}-D)", arg=name)
     if len(dims) < min_ndim:

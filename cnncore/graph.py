@@ -190,7 +190,7 @@ class GraphInfo:
     total_flops: int
     total_params: int
     shapes: Mapping[str, Shape]
-    _graph: Graph = field(repr=False, compare=False)
+    _graph: _Plan = field(repr=False, compare=False)
 
     def working_bytes(self, itemsize: int, *, backward: bool = True) -> int:
         """An upper bound on the bytes a forward (and backward) pass allocates at its peak.
@@ -246,6 +246,19 @@ class GraphInfo:
             if node.output != g.output:  # the caller holds out and dout
                 live -= 2 * size[node.output]  # the activation and its gradient
         return peak
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :meth:`GraphInfo.working_bytes` replays (not the graph: no reference cycle)."""
+
+    nodes: tuple[Node, ...]
+    _ops: list[Op]
+    _attrs: list[dict[str, Any]]
+    input: str
+    output: str
+    constants: set[str]
+    _produced: set[str]
 
 
 @dataclass
@@ -377,6 +390,16 @@ class Graph:
             self._node_attrs(node, op) for node, op in zip(self.nodes, self._ops, strict=True)
         ]
         self._infos: dict[Shape, GraphInfo] = {}
+        self._sources = {**self.params, **self.constants}
+        last: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            for t in node.inputs:
+                last[t] = i
+        self._last_read: list[list[str]] = [[] for _ in self.nodes]
+        for t, i in last.items():
+            if t in self._produced and t != self.output:
+                self._last_read[i].append(t)
+        self._reaches: dict[tuple[str, ...], dict[str, bool]] = {}
         if self.input_shape is not None:
             self.infer(tuple(1 if d == -1 else d for d in self.input_shape))
 
@@ -468,7 +491,15 @@ class Graph:
             total_flops=sum(i.flops for i in infos),
             total_params=sum(self.params[t].size for t in used),
             shapes=shapes,
-            _graph=self,
+            _graph=_Plan(
+                self.nodes,
+                self._ops,
+                self._attrs,
+                self.input,
+                self.output,
+                set(self.constants),
+                set(self._produced),
+            ),
         )
         if len(self._infos) >= 16:  # a service sees a few batch sizes; do not grow forever
             self._infos.pop(next(iter(self._infos)))
@@ -515,13 +546,18 @@ class Graph:
         if self.dtype is not None:
             x = x.astype(self.dtype, copy=False)
         self.infer(x.shape)
-        for name in keep:
+        return self._run(x, backward, keep)
+
+    def _run(
+        self, x: np.ndarray, backward: bool, keep: Collection[str]
+    ) -> tuple[np.ndarray, GraphCache]:
+        """:meth:`forward` on an input already converted and checked by :meth:`infer`."""
+        kept = set(keep)
+        for name in kept:
             if name not in self._produced and name != self.input:
                 raise ParameterError(f'keep names "{name}", which is no node output', arg="keep")
-        values: dict[str, np.ndarray] = {**self.params, **self.constants, self.input: x}
-        readers = Counter(t for node in self.nodes for t in set(node.inputs))
+        values: dict[str, np.ndarray] = {**self._sources, self.input: x}
         caches: list[Any] | None = [None] * len(self.nodes) if backward else None
-        kept = set(keep) | {self.output}
         for i, (node, op, attrs) in enumerate(zip(self.nodes, self._ops, self._attrs, strict=True)):
             try:
                 out, cache = op.forward([values[t] for t in node.inputs], attrs)
@@ -531,9 +567,8 @@ class Graph:
             if caches is not None:
                 caches[i] = cache
             del out, cache
-            for t in set(node.inputs):
-                readers[t] -= 1
-                if readers[t] == 0 and t in self._produced and t not in kept:
+            for t in self._last_read[i]:  # activations no later node reads
+                if t not in kept:
                     del values[t]
         out = values[self.output]
         return out, GraphCache(
@@ -547,13 +582,18 @@ class Graph:
         )
 
     def backward(
-        self, dout: Any, cache: GraphCache, wrt: Iterable[str] | None = None
+        self,
+        dout: Any,
+        cache: GraphCache,
+        wrt: Iterable[str] | None = None,
+        *,
+        release: bool = True,
     ) -> dict[str, np.ndarray]:
         """Gradients of ``sum(out * dout)`` with respect to the input and the parameters.
 
         Nodes run in reverse topological order; a tensor read by several nodes gets
-        the sum of their gradients. Each node's cache is released once used, so a
-        cache serves one backward pass.
+        the sum of their gradients. Each node's cache is released once used (unless
+        ``release`` is false), so a cache serves one backward pass.
 
         Parameters
         ----------
@@ -565,6 +605,10 @@ class Graph:
             Names to differentiate with respect to (the input's name and parameter
             names); None for the input and every parameter. Nodes that lead to none
             of them are skipped.
+        release
+            Drop each node's cache as soon as its backward has run, which lowers the
+            peak memory (the default); False keeps the cache usable for another
+            backward pass.
 
         Returns
         -------
@@ -597,8 +641,8 @@ class Graph:
         dout = check_dout(dout, cache.out_shape, cache.out_dtype)
         names = self._wrt(wrt)
         reach = self._reach(names)
-        caches = cache.caches
-        cache.consumed = True
+        caches = cache.caches if release else list(cache.caches)
+        cache.consumed = release
         grads: dict[str, np.ndarray] = {self.output: dout}
         owned: set[str] = set()  # gradients this pass allocated, so may add into in place
         for i in reversed(range(len(self.nodes))):
@@ -655,11 +699,16 @@ class Graph:
 
     def _reach(self, names: list[str]) -> dict[str, bool]:
         """Whether each tensor depends on one of ``names`` (so needs a gradient)."""
-        reach = {t: False for t in (self.input, *self.params, *self.constants)}
-        for name in names:
-            reach[name] = True
-        for node in self.nodes:
-            reach[node.output] = any(reach[t] for t in node.inputs)
+        key = tuple(sorted(names))
+        reach = self._reaches.get(key)
+        if reach is None:
+            reach = {t: False for t in (self.input, *self.params, *self.constants)}
+            for name in names:
+                reach[name] = True
+            for node in self.nodes:
+                reach[node.output] = any(reach[t] for t in node.inputs)
+            if len(self._reaches) < 16:  # a few wrt sets in practice: x, all, one param
+                self._reaches[key] = reach
         return reach
 
     def __repr__(self) -> str:
@@ -726,8 +775,10 @@ def _topological(nodes: list[Node], producer: Mapping[str, Node], output: str) -
     GraphError
         If some nodes form a cycle (naming a node on it).
     """
-    waiting = [len({t for t in node.inputs if t in producer}) for node in nodes]
     index = {id(node): i for i, node in enumerate(nodes)}
+    if _in_order(nodes, producer):
+        return _needed(nodes, producer, output, index)
+    waiting = [len({t for t in node.inputs if t in producer}) for node in nodes]
     readers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for t in set(node.inputs):
@@ -756,11 +807,28 @@ def _topological(nodes: list[Node], producer: Mapping[str, Node], output: str) -
         raise GraphError(
             "is on a cycle: its inputs depend on its own output", node=node.name, op=node.op
         )
-    needed: set[int] = set()
+    return _needed(order, producer, output, index)
+
+
+def _in_order(nodes: list[Node], producer: Mapping[str, Node]) -> bool:
+    """Whether every node reads only sources and earlier nodes' outputs (a chain, say)."""
+    done: set[str] = set()
+    for node in nodes:
+        if any(t in producer and t not in done for t in node.inputs):
+            return False
+        done.add(node.output)
+    return True
+
+
+def _needed(
+    order: list[Node], producer: Mapping[str, Node], output: str, index: Mapping[int, int]
+) -> tuple[Node, ...]:
+    """The nodes of ``order`` that ``output`` depends on, in that order."""
+    needed: set[str] = set()  # their outputs
     stack = [output]
-    while stack:  # the nodes the output depends on
-        producing = producer.get(stack.pop())
-        if producing is not None and index[id(producing)] not in needed:
-            needed.add(index[id(producing)])
-            stack.extend(producing.inputs)
-    return tuple(node for node in order if index[id(node)] in needed)
+    while stack:
+        t = stack.pop()
+        if t in producer and t not in needed:
+            needed.add(t)
+            stack.extend(producer[t].inputs)
+    return tuple(node for node in order if node.output in needed)

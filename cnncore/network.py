@@ -15,6 +15,11 @@ layers without are the shape specs of :mod:`cnncore.network_shapes`
 before anything is computed (:func:`network_info`), and every error names the layer:
 a :class:`~cnncore.network_shapes.LayerError` with the layer's ``index`` and the
 field at fault in ``arg`` (``"w"``, ``"b"``, ``"kernel_size"``...).
+
+The passes run on the one graph engine: :func:`network_graph` turns the stack into
+a chain of :class:`cnncore.graph.Graph` nodes (node ``"i"`` for layer ``i``,
+parameters ``"i.w"`` and ``"i.b"``, input ``"x"``, output ``"out"``), and
+:func:`network_forward` / :func:`network_backward` run that graph.
 """
 
 from __future__ import annotations
@@ -26,11 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .activations import relu_backward, relu_forward
-from .conv import conv2d_backward, conv2d_forward
 from .errors import CnnError, ShapeError
 from .geometry import LayerInfo, _check_shape, check_int
-from .linear import linear_backward, linear_forward
+from .graph import Graph, GraphCache, GraphError, Node
 from .losses import check_labels, mse_loss, softmax_cross_entropy
 from .network_shapes import (
     Conv2dSpec,
@@ -42,8 +45,7 @@ from .network_shapes import (
     ReluSpec,
     walk_shapes,
 )
-from .pool import pool2d_backward, pool2d_forward
-from .validation import as_float_array, check_dout
+from .validation import as_float_array
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,11 @@ Loss = SoftmaxCrossEntropy | MeanSquaredError
 
 @dataclass
 class NetworkCache:
-    """What :func:`network_backward` needs: the layers, their caches and outputs."""
+    """What :func:`network_backward` needs: the layers, their graph and its cache."""
 
     layers: Sequence[Layer]
-    caches: list[Any]
+    graph: Graph
+    graph_cache: GraphCache
     activations: list[np.ndarray]
     """The output of each layer, in order (the last one is the network output)."""
 
@@ -284,6 +287,79 @@ def check_loss(loss: Loss, out_shape: Sequence[int]) -> None:
 # --------------------------------------------------------------------------- passes
 
 
+def network_graph(layers: Sequence[Layer], dtype: Any = None) -> Graph:
+    """The stack as a chain of graph nodes, one per layer.
+
+    Node ``"i"`` runs layer ``i`` (op ``conv2d``, ``pool2d``, ``relu``, ``flatten`` or
+    ``linear``, with the layer's hyper-parameters); its output is the tensor
+    ``"i.out"`` (``"out"`` for the last layer). The parameters are ``"i.w"`` and
+    ``"i.b"`` (the contract's native names: ``"0.w"``), the input is ``"x"``.
+
+    Parameters
+    ----------
+    layers
+        The layers, input first. Shapes are not checked here (see :func:`network_info`).
+    dtype
+        As :class:`cnncore.graph.Graph`: None lets each layer promote its operands
+        (float64 if any is float64), as :func:`network_forward` always has.
+
+    Returns
+    -------
+    Graph
+
+    Raises
+    ------
+    LayerError
+        If a layer's weights are not real numeric arrays or a hyper-parameter is
+        malformed (``"layer i (type): ..."``, ``arg`` the field).
+    """
+    nodes, params = [], {}
+    tensor = "x"
+    for i, layer in enumerate(layers):
+        inputs: tuple[str, ...] = (tensor,)
+        attrs: dict[str, Any] = {}
+        if isinstance(layer, (Conv2d, Linear)):
+            for name in ("w", "b"):
+                value = getattr(layer, name)
+                if value is None:
+                    continue
+                try:
+                    params[f"{i}.{name}"] = as_float_array(value, name)
+                except CnnError as exc:
+                    raise LayerError(
+                        f"layer {i} ({layer.type}): {exc.message}", index=i, arg=exc.arg
+                    ) from None
+                inputs += (f"{i}.{name}",)
+        if isinstance(layer, Conv2d):
+            attrs = {
+                "stride": layer.stride,
+                "padding": layer.padding,
+                "dilation": layer.dilation,
+                "groups": layer.groups,
+            }
+        elif isinstance(layer, Pool2dSpec):
+            attrs = {
+                "mode": layer.mode,
+                "kernel_size": layer.kernel_size,
+                "stride": layer.stride,
+                "padding": layer.padding,
+                "ceil_mode": layer.ceil_mode,
+                "count_include_pad": layer.count_include_pad,
+            }
+        tensor = "out" if i == len(layers) - 1 else f"{i}.out"
+        nodes.append(Node(str(i), layer.type, inputs, tensor, attrs))
+    try:
+        return Graph(nodes, params=params, dtype=dtype)
+    except GraphError as exc:
+        raise _layer_error(exc, layers) from None
+
+
+def _layer_error(exc: GraphError, layers: Sequence[Layer]) -> LayerError:
+    """A graph error about node ``"i"``, told as the network's error about layer ``i``."""
+    i = int(exc.node or 0)
+    return LayerError(f"layer {i} ({layers[i].type}): {exc.detail}", index=i, arg=exc.arg)
+
+
 def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, NetworkCache]:
     """Run ``layers`` in order on ``x``.
 
@@ -292,7 +368,8 @@ def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, Networ
     x : array_like, shape (N, C, H, W) (or (N, D1, ..., Dk) for a stack without conv/pool)
         float32 or float64 (kept); integer or bool (converted to float64).
     layers
-        The layers, input first; checked by :func:`network_info` before computing.
+        The layers, input first; checked by :func:`network_info` before computing,
+        then run as :func:`network_graph`.
 
     Returns
     -------
@@ -310,18 +387,14 @@ def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, Networ
     """
     x = as_float_array(x, "x")
     network_info(x.shape, layers)
-    caches: list[Any] = []
-    activations: list[np.ndarray] = []
-    for i, layer in enumerate(layers):
-        try:
-            x, cache = _forward(layer, x)
-        except CnnError as exc:  # a parameter's dtype: shapes were checked above
-            raise LayerError(
-                f"layer {i} ({layer.type}): {exc.message}", index=i, arg=exc.arg
-            ) from None
-        caches.append(cache)
-        activations.append(x)
-    return x, NetworkCache(layers, caches, activations)
+    graph = network_graph(layers)
+    outputs = [node.output for node in graph.nodes]
+    try:
+        out, cache = graph._run(x, True, outputs)  # network_info checked the shapes
+    except GraphError as exc:
+        raise _layer_error(exc, layers) from None
+    activations = [cache.values[t] for t in outputs]
+    return out, NetworkCache(layers, graph, cache, activations)
 
 
 def network_backward(
@@ -335,7 +408,7 @@ def network_backward(
         Gradient of the loss with respect to the output (from :func:`network_loss`
         or given).
     cache : NetworkCache
-        From :func:`network_forward`.
+        From :func:`network_forward`; it may serve several backward passes.
 
     Returns
     -------
@@ -350,12 +423,12 @@ def network_backward(
     ShapeError
         If ``dout``'s shape differs from the network output's.
     """
-    out = cache.activations[-1]
-    grad = check_dout(dout, out.shape, out.dtype)
-    grads: list[dict[str, np.ndarray | None]] = [{} for _ in cache.layers]
-    for i in reversed(range(len(cache.layers))):
-        grad, grads[i] = _backward(cache.layers[i], grad, cache.caches[i])
-    return grad, grads
+    g = cache.graph.backward(dout, cache.graph_cache, release=False)
+    grads: list[dict[str, np.ndarray | None]] = [
+        {"dw": g[f"{i}.w"], "db": g.get(f"{i}.b")} if isinstance(layer, Conv2d | Linear) else {}
+        for i, layer in enumerate(cache.layers)
+    ]
+    return g[cache.graph.input], grads
 
 
 def network_loss(out: np.ndarray, loss: Loss) -> tuple[float, np.ndarray]:
@@ -384,47 +457,3 @@ def network_loss(out: np.ndarray, loss: Loss) -> tuple[float, np.ndarray]:
     if isinstance(loss, SoftmaxCrossEntropy):
         return softmax_cross_entropy(out, loss.y)
     return mse_loss(out, loss.target)
-
-
-def _forward(layer: Layer, x: np.ndarray) -> tuple[np.ndarray, Any]:
-    if isinstance(layer, Conv2d):
-        return conv2d_forward(
-            x,
-            layer.w,
-            layer.b,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-        )
-    if isinstance(layer, Pool2dSpec):
-        return pool2d_forward(
-            x,
-            kernel_size=layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            mode=layer.mode,
-            ceil_mode=layer.ceil_mode,
-            count_include_pad=layer.count_include_pad,
-        )
-    if isinstance(layer, ReluSpec):
-        return relu_forward(x)
-    if isinstance(layer, FlattenSpec):
-        return x.reshape(x.shape[0], -1), x.shape
-    return linear_forward(x, layer.w, layer.b)
-
-
-def _backward(
-    layer: Layer, dout: np.ndarray, cache: Any
-) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:
-    if isinstance(layer, Conv2d):
-        dx, dw, db = conv2d_backward(dout, cache)
-        return dx, {"dw": dw, "db": db}
-    if isinstance(layer, Linear):
-        dx, dw, db = linear_backward(dout, cache)
-        return dx, {"dw": dw, "db": db}
-    if isinstance(layer, Pool2dSpec):
-        return pool2d_backward(dout, cache), {}
-    if isinstance(layer, ReluSpec):
-        return relu_backward(dout, cache), {}
-    return dout.reshape(cache), {}
