@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _pytest.mark.expression import Expression
 
 import cnncore.gradcheck
 from tests import tolerance_log
@@ -17,6 +19,21 @@ from tests import tolerance_log
 def rng() -> np.random.Generator:
     """A seeded generator: every test sees the same numbers on every run."""
     return np.random.default_rng(20261126)
+
+
+#: Test modules marked slow as a whole whose collection itself is expensive: schemathesis
+#: builds its coverage-phase cases for every operation while test_fuzz.py is collected.
+EXPENSIVE_SLOW_MODULES = {"test_fuzz.py"}
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Skip collecting :data:`EXPENSIVE_SLOW_MODULES` when ``-m`` deselects slow tests."""
+    markexpr = config.option.markexpr
+    if collection_path.name in EXPENSIVE_SLOW_MODULES and markexpr:
+        slow_selected = Expression.compile(markexpr).evaluate(lambda name, **_: name == "slow")
+        if not slow_selected:
+            return True
+    return None
 
 
 def _recording(check: Any) -> Any:
