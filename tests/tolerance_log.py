@@ -4,8 +4,9 @@ With ``CNN_TOLERANCE_LOG=/path/file.jsonl`` set, every :func:`tests.helpers.asse
 and every passing :func:`cnncore.gradcheck.check_gradient` call in the tests (wrapped in
 ``tests/conftest.py``) appends one JSON line: the test, the check, the error and the
 bound it was held to. ``python -m tests.tolerance_log FILE...`` prints, per test
-function and check, the worst ``error / bound`` over all the files (docs/kernel-audit.md
-is made that way). Unset, recording costs one environment lookup.
+function and check, the worst ``error / bound`` over all the files, and
+``python -m tests.tolerance_log --by-combination FILE...`` the worst per check kind and
+file (docs/kernel-audit.md is made that way). Unset, recording costs one environment lookup.
 """
 
 from __future__ import annotations
@@ -48,6 +49,20 @@ def worst(paths: list[Path]) -> dict[tuple[str, str], tuple[float, float, float,
     return found
 
 
+def by_combination(paths: list[Path]) -> None:
+    """Print a Markdown table: per check kind, the worst ``error / bound`` in each file."""
+    names = [path.stem for path in paths]
+    cells: dict[str, dict[str, float]] = {}
+    for path in paths:
+        for (_, check), (ratio, *_rest) in worst([path]).items():
+            row = cells.setdefault(check, {})
+            row[path.stem] = max(ratio, row.get(path.stem, 0.0))
+    print("| check | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for check, row in sorted(cells.items()):
+        print(f"| {check} | " + " | ".join(f"{row.get(n, float('nan')):.3f}" for n in names) + " |")
+
+
 def main(paths: list[str]) -> None:
     """Print a Markdown table: check, worst error, its bound, error/bound, where, combination."""
     print(
@@ -65,4 +80,7 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--by-combination"]:
+        by_combination([Path(p) for p in sys.argv[2:]])
+    else:
+        main(sys.argv[1:])
