@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from cnncore.graph import Graph
+
 #: Open Inference Protocol datatypes a model can compute in, and their numpy dtypes.
 MODEL_DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 
@@ -84,7 +86,7 @@ class Model:
     datatype: str
     input_shape: list[int]
     output_shape: list[int]
-    graph: Any
+    graph: Graph
     parameters: list[str]
     nbytes: int
     op_counts: dict[str, int] = field(default_factory=dict)

@@ -29,14 +29,13 @@ import orjson
 from pydantic import Field, StrictInt, StrictStr, ValidationError
 
 import cnncore
-from cnncore.network import Layer
+from cnncore.network import Layer, network_graph
 from cnncore.network_shapes import LayerError
 
 from ..problems import _message, _pydantic_loc
 from ..routes.network import MAX_NETWORK_LAYERS, NetworkLayer, core_layer
 from ..schemas import StrictModel
 from ..tensors import DTYPES, TensorLimits, limits_scope, list_dtype_scope
-from .chain import chain_graph
 from .model import MODEL_DATATYPES, Model, ModelLoadError, describe_input, free_batch, hold
 
 FILE_NAME = "model.json"
@@ -92,7 +91,7 @@ def load(path: Path, name: str) -> Model:
     except cnncore.CnnError as exc:
         raise ModelLoadError(f"{where}: inputs[0].shape: {exc.message}") from None
     output_shape = free_batch(infos[-1].output_shape, shape[0] == -1)
-    graph = chain_graph(layers, dtype, shape)
+    graph = network_graph(layers, dtype=dtype)
     labels = spec.labels
     if labels is not None and (len(output_shape) != 2 or len(labels) != output_shape[1]):
         raise ModelLoadError(

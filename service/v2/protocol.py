@@ -113,7 +113,8 @@ def plan_request(
     outputs = _outputs(model, header.get("outputs"), params, signal)
     wrt = [name[len(GRAD) :] for name, _ in outputs if name.startswith(GRAD)]
     passes = 3 if wrt else 1  # a backward pass costs about two forward passes more
-    flops, work = passes * info.total_flops, info.working_bytes(x.itemsize)
+    flops = passes * info.total_flops
+    work = info.working_bytes(x.itemsize, backward=bool(wrt))
     try:
         check_budget(settings, flops, work, ["inputs", "x"])
     except ApiError as exc:
@@ -124,7 +125,7 @@ def plan_request(
 def compute(plan: Plan) -> list[OutputTensor]:
     """Run the plan's forward (and backward) pass; the outputs asked for, in order."""
     model = plan.model
-    out, cache = model.graph.forward(plan.x)
+    out, cache = model.graph.forward(plan.x, backward=bool(plan.wrt))
     results: dict[str, np.ndarray] = {"out": out}
     dout = plan.signal_value
     if plan.signal == "labels":

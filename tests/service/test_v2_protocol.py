@@ -603,3 +603,11 @@ def test_readme_model_and_answers(tmp_path: Path) -> None:
     # The README prints float32 results rounded to 7-8 digits: half a unit of the last one.
     np.testing.assert_allclose(out["out"], [[3.2200003, 4.1500006]], rtol=0, atol=5e-7)
     np.testing.assert_allclose(loss["loss"], [0.3325744], rtol=0, atol=5e-8)
+
+
+def test_working_memory_budget(repo: Path, x: np.ndarray) -> None:
+    with TestClient(create_app(Settings(model_repository=repo, max_request_bytes=64))) as c:
+        r = post_json(c, "tiny", {"inputs": [tensor("x", x)]})
+    assert r.status_code == 413
+    assert "CNN_MAX_REQUEST_BYTES" in r.json()["error"]
+    assert "even one sample of this shape is over the limit" in r.json()["error"]
