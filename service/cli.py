@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from . import __version__
+from .runtime import quiet_blas_threads
 from .settings import MULTIPROC_ENV, Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -102,6 +103,7 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until interrupted; returns the process exit status."""
+    quiet_blas_threads()  # before anything imports numpy (and so loads OpenBLAS)
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+from collections.abc import MutableMapping
 
 log = logging.getLogger("service")
 
@@ -40,3 +42,25 @@ def tune_malloc() -> bool:
     if not applied:
         log.warning("could not tune glibc malloc thresholds; layer calls may be slower")
     return applied
+
+
+#: OpenBLAS reads this when it loads: its idle worker threads spin for 2**n cycles
+#: before they sleep (default n = 28, about a tenth of a second); 4 is its minimum.
+BLAS_THREAD_TIMEOUT_ENV = "OPENBLAS_THREAD_TIMEOUT"
+BLAS_THREAD_TIMEOUT = "4"
+
+
+def quiet_blas_threads(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Let OpenBLAS's worker threads sleep as soon as a call ends instead of spinning.
+
+    After each GEMM of a convolution, OpenBLAS keeps its other thread spinning for
+    about 0.1 s; in a server that core is then taken from the event loop sending the
+    response and from the client on the same machine. Measured on the 2-core machine
+    (busy), one service with the default and one with this setting, requests
+    alternating: V2 binary conv x(4,16,128,128) median 322 -> 229 ms, /v1 b64 401 ->
+    297 ms; server CPU time per V2 request 126 -> 81 ms.
+
+    Must run before numpy is imported (the CLI calls it first); a value the
+    environment already sets is kept.
+    """
+    environ.setdefault(BLAS_THREAD_TIMEOUT_ENV, BLAS_THREAD_TIMEOUT)
