@@ -611,3 +611,29 @@ def test_working_memory_budget(repo: Path, x: np.ndarray) -> None:
     assert r.status_code == 413
     assert "CNN_MAX_REQUEST_BYTES" in r.json()["error"]
     assert "even one sample of this shape is over the limit" in r.json()["error"]
+
+
+def test_overload_is_a_503_with_retry_after(
+    repo: Path, x: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(model_repository=repo, max_concurrency=1, max_queue=0, retry_after=3)
+    with TestClient(create_app(settings)) as c:
+        model = c.app.state.models.entry("tiny").model  # type: ignore[attr-defined]
+        started, release = threading.Event(), threading.Event()
+        forward = model.graph.forward
+
+        def held(xs: np.ndarray, **kwargs: Any) -> Any:
+            started.set()
+            release.wait(timeout=30)  # a safety net; released below
+            return forward(xs, **kwargs)
+
+        monkeypatch.setattr(model.graph, "forward", held)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post_json, c, "tiny", {"inputs": [tensor("x", x)]})
+            assert started.wait(timeout=30)
+            r = post_json(c, "tiny", {"inputs": [tensor("x", x)]})
+            release.set()
+            assert first.result(timeout=30).status_code == 200
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "3"
+    assert "at capacity" in r.json()["error"]
