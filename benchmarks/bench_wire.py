@@ -8,7 +8,10 @@ bytes. A row's ratio divides its median round trip by the median of its floor:
 - big rows (conv x (4,16,128,128) float32, w (16,16,3,3), padding 1): the echo of the
   V2 binary request body (4 MiB of x, 9 KiB of w) **plus** the same conv computed in
   this process (``cnncore.conv2d_forward``, with the service's malloc settings);
-- tiny rows: the echo of the tutorial's 3×3 ``/v1/conv2d/forward`` body (163 bytes).
+- tiny rows: the echo of the tutorial's 3×3 ``/v1/conv2d/forward`` body.
+
+The benchmark process computes with the service's settings (glibc malloc thresholds,
+``OPENBLAS_THREAD_TIMEOUT``; see :mod:`service.runtime`).
 
 Every row, floor and compute included, runs once per round in the same order, so all
 see the same machine load; the table shows medians over ``--rounds`` rounds (tiny rows
@@ -66,7 +69,7 @@ if __package__ in (None, ""):  # run as a script: make the packages importable f
 
 import cnncore
 from service.client import loads as client_loads
-from service.runtime import tune_malloc
+from service.runtime import BLAS_THREAD_TIMEOUT, BLAS_THREAD_TIMEOUT_ENV, tune_malloc
 from service.testing import free_port, serve_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -390,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         run_echo(args.serve_echo)
         return 0
 
+    if os.environ.get(BLAS_THREAD_TIMEOUT_ENV) is None:
+        # The in-process compute must run with the service's OpenBLAS setting, which
+        # OpenBLAS reads only when it loads: start again with it in the environment.
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, BLAS_THREAD_TIMEOUT_ENV: BLAS_THREAD_TIMEOUT, "PYTHONPATH": path}
+        again = sys.argv[1:] if argv is None else argv
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench_wire", *again], env)
     tune_malloc()  # the service does this at start-up; the in-process compute must too
     rng = np.random.default_rng(0)
     x = rng.standard_normal(X_SHAPE).astype(np.float32)
