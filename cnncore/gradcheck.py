@@ -38,8 +38,8 @@ The criterion is that absolute error, relative to the largest gradient magnitude
 ``|a - b| / (|a| + |b|)`` is the wrong measure here: for an element whose gradient is
 near zero it measures the round-off of the whole sum, not the gradient, which is
 why a fixed ``relative_error < 1e-7`` passes on one BLAS kernel and fails on
-another. For the tests' sizes the bound is 7e-9 to 3e-6 (docs/kernel-audit.md), so a gradient wrong by
-1e-5 of its scale in a single element fails the check
+another. For the tests' sizes the bound is 7e-9 to 3e-6 (docs/kernel-audit.md), so
+a gradient wrong by 1e-5 of its scale in a single element fails the check
 (``tests/cnncore/test_gradcheck.py`` plants such errors).
 """
 
