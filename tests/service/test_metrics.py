@@ -125,6 +125,7 @@ def _worker(requests: int, action: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # two Python processes importing the service
 def test_multiprocess_mode_aggregates_every_worker(tmp_path: Path) -> None:
     # Two processes sharing PROMETHEUS_MULTIPROC_DIR, as uvicorn workers do: the second
     # one's /metrics reports the requests both served.
