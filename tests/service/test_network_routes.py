@@ -105,6 +105,7 @@ def test_network_equals_the_single_op_endpoints_composed(
     fwd = post(api, "/v1/network/forward", body(a))
     bwd = post(api, "/v1/network/backward", body(a))
     assert_close(from_wire(fwd["out"]), out)
+    # Losses are means of positive terms (no cancellation): a few eps relative; 1e-12 = 4500 eps.
     assert fwd["loss"] == pytest.approx(loss, rel=1e-12)
     assert bwd["loss"] == pytest.approx(loss, rel=1e-12)
     assert_close(from_wire(bwd["dx"]), from_wire(cv["dx"]))
@@ -142,6 +143,8 @@ def test_forward_and_backward_against_cnncore(
     bwd = post(api, "/v1/network/backward", body(a, form, **extra))
     assert_close(from_wire(bwd["dx"]), dx, dtype)
     assert_close(from_wire(bwd["grads"][0]["dw"]), grads[0]["dw"], dtype)
+    # The loss of the same float32 (or float64) network computed twice, each within
+    # ~K·eps of the exact one for the ~100 products per output: 1e-5 = 80 eps32 (4500 eps64).
     assert bwd["loss"] == pytest.approx(loss, rel=1e-5 if dtype == np.float32 else 1e-12)
 
 
@@ -195,7 +198,9 @@ def test_mse_loss_and_dout(api: TestClient, rng: np.random.Generator) -> None:
     target = rng.standard_normal((2, 5))
     fwd = post(api, "/v1/network/forward", body(a, loss={"type": "mse", "target": target.tolist()}))
     out = from_wire(fwd["out"])
-    assert fwd["loss"] == pytest.approx(np.mean((out - target) ** 2), rel=1e-12)
+    assert fwd["loss"] == pytest.approx(
+        np.mean((out - target) ** 2), rel=1e-12
+    )  # a mean of positive terms (no cancellation): a few eps relative; 1e-12 = 4500 eps
     # backward from the MSE loss equals backward from its gradient given as dout
     by_loss = post(
         api, "/v1/network/backward", body(a, loss={"type": "mse", "target": target.tolist()})
