@@ -104,6 +104,10 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until interrupted; returns the process exit status."""
     quiet_blas_threads()  # before anything imports numpy (and so loads OpenBLAS)
+    if os.environ.get(MULTIPROC_ENV) == "":
+        # prometheus-client takes a set-but-empty directory for the working directory and
+        # would write its *.db files there: empty means unset.
+        del os.environ[MULTIPROC_ENV]
     try:
         settings = Settings()
     except ValidationError as exc:
