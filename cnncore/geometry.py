@@ -69,9 +69,17 @@ def as_pair(value: Any, name: str, *, minimum: int = 1) -> Pair:
     ParameterError
         If ``value`` is neither an integer nor a sequence of two integers.
     """
-    if type(value) is int:  # the common case, without the abstract-class checks below
+    if type(value) is int:  # the common cases, without the abstract-class checks below
         v = check_int(value, name, minimum=minimum)
         return v, v
+    if (
+        type(value) is tuple
+        and len(value) == 2
+        and type(value[0]) is int
+        and type(value[1]) is int
+        and min(value) >= minimum
+    ):
+        return value
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
             raise ParameterError(
@@ -132,6 +140,12 @@ def resolve_conv_padding(padding: Any, kernel: Pair, stride: Pair, dilation: Pai
     ParameterError
         For any other value, negative padding, or ``"same"`` with a stride above 1.
     """
+    if (
+        type(padding) is tuple
+        and len(padding) == 4
+        and all(type(p) is int and p >= 0 for p in padding)
+    ):
+        return padding  # already resolved (graph ops pass it so)
     if isinstance(padding, str):
         if padding == "valid":
             return 0, 0, 0, 0
