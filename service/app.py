@@ -197,10 +197,16 @@ def _openapi_with_limits(app: FastAPI, max_elements: int) -> None:
                 str(status): {"description": doc["description"], "content": doc["content"]}
                 for status, doc in problem_responses(408, 413, 415).items()
             }
-            for path in spec["paths"].values():
+            for route, path in spec["paths"].items():
+                # /v2 takes any Content-Type (tritonclient sends none): no 415 there.
+                problems = (
+                    {k: v for k, v in body_problems.items() if k != "415"}
+                    if is_v2_path(route)
+                    else body_problems
+                )
                 for op in path.values():
                     if "requestBody" in op:
-                        op["responses"] = dict(sorted({**body_problems, **op["responses"]}.items()))
+                        op["responses"] = dict(sorted({**problems, **op["responses"]}.items()))
             app.openapi_schema = spec
         return app.openapi_schema
 
