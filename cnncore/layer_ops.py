@@ -105,6 +105,13 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
         + 2 * g.f * k  # the kernel rows as GEMM operands; dW cut from the bias column
     )
     forward = buffer + wide + (g.f * (k + 1) if bias else 0)
+    if _conv._batched(g):
+        # One GEMM over the batch: compact columns, the GEMM's (F, N, ...) output before
+        # its transpose (forward); dout transposed, dW, one kernel row group's shares.
+        pixels = g.n * g.out_h * g.out_w
+        cols = g.groups * (k + bias) * pixels
+        forward = buffer + g.f * pixels + (g.f * (k + 1) if bias else 0)
+        backward = buffer + g.f * pixels + dw_rows + g.c * depth * g.kw * pixels + 2 * g.f * k
     return Memory(cache=cols * isz, forward=forward * isz, backward=backward * isz)
 
 

@@ -150,6 +150,12 @@ def check_against_reference(
         assert_close(db, ref_db, bound=bound["db"])
 
 
+def per_sample_gemms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every layer as one GEMM per sample (the path that chunks the batch)."""
+    monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (0, 0))
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-sample", "whole-batch"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), GRID)
 def test_matches_reference(
@@ -157,8 +163,14 @@ def test_matches_reference(
     w_shape: tuple[int, ...],
     kwargs: dict[str, Any],
     dtype: Any,
+    batched: bool,
     rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    limit = 10**9 if batched else 0
+    monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (limit, limit))
+    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
+    assert conv_module._batched(geom) == (batched and geom.n > 1)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype)
@@ -202,6 +214,7 @@ def test_matches_reference_in_sample_chunks(
     rng: np.random.Generator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    per_sample_gemms(monkeypatch)
     # Size the budget from the largest per-sample share (the forward's columns,
     # every kernel row), so that the forward pass and each dX row group chunk too.
     geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
@@ -237,6 +250,7 @@ def threaded_chunks(
     workers: int = 2,
 ) -> None:
     """Lower the thresholds so that this layer runs in chunks of two samples on threads."""
+    per_sample_gemms(monkeypatch)
     geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
     one = geom.c * geom.kh * geom.kw * geom.out_h * conv_module._row_len(geom) * 8
     monkeypatch.setattr(conv_module, "_SHARE_BYTES", 2 * one)
