@@ -571,7 +571,10 @@ class Graph:
         caches: list[Any] | None = [None] * len(self.nodes) if backward else None
         for i, (node, op, attrs) in enumerate(zip(self.nodes, self._ops, self._attrs, strict=True)):
             try:
-                out, cache = op.forward([values[t] for t in node.inputs], attrs)
+                if caches is None and op.infer is not None:
+                    out, cache = op.infer([values[t] for t in node.inputs], attrs), None
+                else:
+                    out, cache = op.forward([values[t] for t in node.inputs], attrs)
             except CnnError as exc:
                 raise GraphError(exc.message, node=node.name, op=node.op, arg=exc.arg) from None
             values[node.output] = out

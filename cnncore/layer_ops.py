@@ -41,7 +41,7 @@ from .geometry import (
 )
 from .linear import linear_backward, linear_forward
 from .op import Memory, Op, Shape, attr_bool, nbytes, no_attrs
-from .pool import pool2d_backward, pool2d_forward
+from .pool import pool2d_backward, pool2d_forward, pool2d_inference
 from .validation import as_float_array
 
 # --------------------------------------------------------------------------- conv2d
@@ -233,6 +233,15 @@ def _pool_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[
     return out, (cache, scale, (top, left, h, w))
 
 
+def _pool_infer(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    """:func:`_pool_forward`'s output for ``forward(x, backward=False)``: symmetric max
+    pooling skips the first-maximum bookkeeping (see :func:`cnncore.pool.pool2d_inference`)."""
+    sym = _symmetric(attrs)
+    if attrs["mode"] != "max" or sym is None:
+        return _pool_forward(inputs, attrs)[0]
+    return pool2d_inference(inputs[0], **_pool_kwargs(attrs, sym))
+
+
 def _pool_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
     inner, scale, crop = cache
     if crop is None:
@@ -275,6 +284,7 @@ POOL2D = Op(
     shape=_pool_shape,
     forward=_pool_forward,
     backward=_pool_backward,
+    infer=_pool_infer,
     memory=_pool_memory,
 )
 

@@ -82,6 +82,9 @@ class Op:
         The attributes the op accepts; any other is an error.
     variadic
         Any number (at least one) of inputs, all of the same kind (``concat``).
+    infer
+        Optional ``infer(inputs, attrs) -> out``: the forward output (the same bits)
+        without what only the backward pass needs, for ``forward(x, backward=False)``.
     """
 
     name: str
@@ -91,6 +94,7 @@ class Op:
     forward: Callable[[Sequence[np.ndarray], dict[str, Any]], tuple[np.ndarray, Any]]
     backward: Callable[[np.ndarray, Any, tuple[bool, ...]], tuple[np.ndarray | None, ...]]
     memory: Callable[[Sequence[Shape], Shape, dict[str, Any], int], Memory] = no_memory
+    infer: Callable[[Sequence[np.ndarray], dict[str, Any]], np.ndarray] | None = None
     attr_names: tuple[str, ...] = ()
     optional: int = 0
     variadic: bool = False

@@ -9,7 +9,8 @@ import pytest
 
 from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
 from cnncore.gradcheck import assert_gradient
-from cnncore.pool import pool2d_backward, pool2d_forward
+from cnncore.graph import Graph, Node
+from cnncore.pool import pool2d_backward, pool2d_forward, pool2d_inference
 from tests.helpers import assert_close, pool_magnitudes
 
 NAIVE = {
@@ -222,6 +223,41 @@ def test_minus_inf_windows_send_gradient_to_first_input_cell(
     dx = pool2d_backward(dout, cache)
     np.testing.assert_array_equal(dx, reference.max_pool_backward_naive(dout, ref_cache))
     assert dx.sum() == dout.sum()
+
+
+@pytest.mark.parametrize("values", ["normal", "ties", "nan-inf"])
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize(("kernel", "stride", "padding", "ceil_mode", "cip", "h", "w"), GRID)
+def test_inference_gives_the_forward_bits(
+    rng: np.random.Generator, values: str, mode: str, kernel: Any, stride: Any,
+    padding: Any, ceil_mode: bool, cip: bool, h: int, w: int,
+) -> None:  # fmt: skip
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    if values == "ties":
+        x = rng.integers(0, 3, size=x.shape).astype(np.float32)
+    elif values == "nan-inf":
+        x.flat[rng.choice(x.size, size=x.size // 3, replace=False)] = -np.inf
+        x.flat[rng.choice(x.size, size=2, replace=False)] = np.nan
+    kwargs = dict(
+        kernel_size=kernel, stride=stride, padding=padding, mode=mode,
+        ceil_mode=ceil_mode, count_include_pad=cip,
+    )  # fmt: skip
+    out = pool2d_inference(x, **kwargs)
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(out, pool2d_forward(x, **kwargs)[0])  # NaN where equal
+
+
+@pytest.mark.parametrize("padding", [(1, 1, 1, 1), (0, 1, 1, 0)], ids=["symmetric", "asymmetric"])
+def test_graph_inference_pass_gives_the_forward_bits(
+    rng: np.random.Generator, padding: tuple[int, ...]
+) -> None:
+    attrs = {"mode": "max", "kernel_size": (3, 3), "stride": (2, 2), "padding": padding}
+    graph = Graph([Node("pool", "pool2d", ("x",), "out", attrs)], params={}, input="x")
+    x = rng.standard_normal((2, 3, 9, 8))
+    out, cache = graph.forward(x)
+    np.testing.assert_array_equal(graph.forward(x, backward=False)[0], out)
+    dx = graph.backward(np.ones_like(out), cache)["x"]  # the training pass still has its cache
+    assert dx.sum() == out.size
 
 
 def test_integer_input_becomes_float64() -> None:
