@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ParameterError, ShapeError
 from .geometry import _check_shape
-from .op import Memory, Op, Shape, attr_float, nbytes
+from .op import Memory, Op, Shape, attr_float, first_only, nbytes
 
 _VECTORS = ("scale", "bias", "mean", "var")
 
@@ -109,4 +109,5 @@ BATCHNORM = Op(
     forward=_forward,
     backward=_backward,
     memory=_memory,
+    per_sample=first_only,
 )

@@ -62,10 +62,7 @@ and their upstream gradient is zero, so they contribute nothing to ``dW`` or
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -73,6 +70,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .geometry import Conv2dGeometry, conv2d_geometry
+from .threads import WORKERS, map_threads
 from .validation import as_float_array, check_bias, check_dout, common_dtype
 
 __all__ = ["Conv2dCache", "conv2d_backward", "conv2d_forward"]
@@ -429,49 +427,8 @@ a batch of 8 in two such chunks 0.56 -> 0.89 ms: the hand-offs and the GIL
 between the numpy calls cost more than a small chunk's work.
 """
 
-_MAX_WORKERS = 4
-"""Cap on the threads :func:`_map_chunks` uses, whatever the machine has."""
-
-
-def _worker_count() -> int:
-    """The BLAS thread count numpy would use, without asking the BLAS library.
-
-    ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` when set (so that a process
-    limited to one BLAS thread gets no extra threads here either), else the CPUs this
-    process may run on; at most :data:`_MAX_WORKERS`.
-    """
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").split(",")[0].strip()
-        if value.isdigit() and int(value) > 0:
-            return min(int(value), _MAX_WORKERS)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, _MAX_WORKERS))
-
-
-_WORKERS = _worker_count()
-"""Threads of :func:`_map_chunks` (read at import, as OpenBLAS reads its variables)."""
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The module's thread pool (the calling thread is the last worker), created on first use."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(_WORKERS - 1, thread_name_prefix="cnncore-conv")
-        return _executor
-
-
-def _forget_pool() -> None:
-    """In a forked child the parent's pool threads do not exist: start a new pool."""
-    global _executor, _executor_lock
-    _executor, _executor_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+_WORKERS = WORKERS
+"""Threads of :func:`_map_chunks` (:data:`cnncore.threads.WORKERS`; tests change it)."""
 
 
 def _threaded(g: Conv2dGeometry, chunks: int) -> bool:
@@ -495,36 +452,15 @@ def _threaded(g: Conv2dGeometry, chunks: int) -> bool:
 
 
 def _map_chunks(run: Callable[[slice], T], chunks: list[slice], g: Conv2dGeometry) -> list[T]:
-    """``[run(c) for c in chunks]``, on :data:`_WORKERS` threads when :func:`_threaded` says so.
+    """``[run(c) for c in chunks]``, on the threads of :mod:`cnncore.threads` when
+    :func:`_threaded` says so.
 
-    The calling thread works too, next to ``_WORKERS - 1`` pool threads; each takes
-    the next unclaimed chunk until none is left, so a thread that gets less of the
-    CPU (say, next to another library's spinning thread) just does fewer chunks.
     Each chunk writes only its own samples' slices of the outputs, and its result
     does not depend on the thread that ran it; the results come back in chunk order.
     """
     if not _threaded(g, len(chunks)):
         return [run(samples) for samples in chunks]
-    results: dict[int, T] = {}
-    unclaimed = iter(range(len(chunks)))
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                i = next(unclaimed, None)
-            if i is None:
-                return
-            results[i] = run(chunks[i])
-
-    helpers = [_pool().submit(work) for _ in range(min(_WORKERS, len(chunks)) - 1)]
-    try:
-        work()
-    finally:
-        wait(helpers)  # no thread still writes into the outputs when this returns
-    for helper in helpers:
-        helper.result()  # re-raise a helper's error
-    return [results[i] for i in range(len(chunks))]
+    return map_threads(run, chunks, _WORKERS)
 
 
 def _kernel_rows(w: np.ndarray, g: Conv2dGeometry, rows: slice) -> np.ndarray:

@@ -37,6 +37,8 @@ from .op import (
     attr_bool,
     attr_float,
     attr_ints,
+    broadcast_per_sample,
+    first_only,
     nbytes,
     no_attrs,
     sum_to_shape,
@@ -84,6 +86,7 @@ ADD = Op(
     shape=_add_shape,
     forward=_add_forward,
     backward=_add_backward,
+    per_sample=broadcast_per_sample,
 )
 
 
@@ -133,6 +136,7 @@ CLIP = Op(
     forward=_clip_forward,
     backward=_clip_backward,
     memory=_mask_memory,
+    per_sample=first_only,
 )
 
 
@@ -172,6 +176,10 @@ def _softmax_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], 
     return Memory(backward=nbytes(shapes[0], isz))  # y times the row sums
 
 
+def _softmax_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    return batched[0] and attr_axis(attrs["axis"], len(shapes[0])) != 0
+
+
 SOFTMAX = Op(
     name="softmax",
     inputs=("x",),
@@ -181,6 +189,7 @@ SOFTMAX = Op(
     forward=_softmax_forward,
     backward=_softmax_backward,
     memory=_softmax_memory,
+    per_sample=_softmax_per_sample,
 )
 
 
@@ -231,6 +240,10 @@ def _reduce_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> t
     return (dx,)
 
 
+def _reduce_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    return batched[0] and 0 not in _resolve_axes(attrs["axes"], len(shapes[0]))
+
+
 REDUCE_MEAN = Op(
     name="reduce_mean",
     inputs=("x",),
@@ -239,6 +252,7 @@ REDUCE_MEAN = Op(
     shape=_reduce_shape,
     forward=_reduce_forward,
     backward=_reduce_backward,
+    per_sample=_reduce_per_sample,
 )
 
 
@@ -268,4 +282,5 @@ GLOBAL_AVG_POOL = Op(
     shape=_gap_shape,
     forward=_gap_forward,
     backward=_reduce_backward,
+    per_sample=first_only,
 )

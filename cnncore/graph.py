@@ -34,11 +34,12 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from . import threads as _threads
 from .batchnorm import BATCHNORM
 from .elementwise import ADD, CLIP, GLOBAL_AVG_POOL, REDUCE_MEAN, SOFTMAX
 from .errors import CnnError, ParameterError, ShapeError
@@ -91,6 +92,14 @@ PYTHON_BYTES_PER_NODE = 1024
 
 tracemalloc on the 10-node residual block of the tests: a forward pass allocates
 about 3.8 KB and a forward + backward pass up to 6.5 KB beyond the arrays.
+"""
+
+
+SPLIT_MIN_FLOPS = 200_000_000
+"""Smallest forward work (FLOPs) per part for :meth:`Graph.forward` to split a batch.
+
+About 3 ms of one core: the threads' hand-offs, the parts' joins and the per-node
+Python overhead paid once per part are then a few percent at most.
 """
 
 
@@ -191,6 +200,10 @@ class GraphInfo:
         Elements of every parameter the graph reads, each counted once.
     shapes
         Shape of every tensor (input, parameters, constants, node outputs) by name.
+    parts
+        Sizes of the parts of the batch that :meth:`Graph.forward` runs on threads of
+        their own (``(4, 4)`` for a batch of 8 on two cores), or None when it runs the
+        batch whole (see :meth:`Graph.infer`).
     """
 
     nodes: tuple[NodeInfo, ...]
@@ -199,6 +212,9 @@ class GraphInfo:
     total_params: int
     shapes: Mapping[str, Shape]
     _graph: _Plan = field(repr=False, compare=False)
+    parts: tuple[int, ...] | None = None
+    _part_infos: Mapping[int, GraphInfo] = field(default_factory=dict, repr=False, compare=False)
+    _batched: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def working_bytes(self, itemsize: int, *, backward: bool = True) -> int:
         """An upper bound on the bytes a forward (and backward) pass allocates at its peak.
@@ -221,7 +237,18 @@ class GraphInfo:
         backward
             False for a forward pass with ``forward(x, backward=False)``: no caches,
             and each activation freed after its last reader.
+
+        With :attr:`parts`, the parts run at the same time: the bound is the sum of
+        theirs, plus the joined output (and, backward, the joined input gradient; the
+        parameter gradients are summed into the first part's).
         """
+        if self.parts is not None:
+            joined = nbytes(self.output_shape, itemsize)
+            if backward:
+                joined += nbytes(self.shapes[self._graph.input], itemsize)
+            return joined + sum(
+                self._part_infos[p].working_bytes(itemsize, backward=backward) for p in self.parts
+            )
         g = self._graph
         size = {t: nbytes(s, itemsize) for t, s in self.shapes.items()}
         mems = [
@@ -284,6 +311,9 @@ class GraphCache:
         Shape and dtype of the graph output (``dout`` must match the shape).
     x_shape, x_dtype
         Shape and dtype of the input as computed (after conversion).
+    parts
+        When the batch ran in parts (:attr:`GraphInfo.parts`): each part's samples and
+        its own cache; ``caches`` is then empty.
     """
 
     graph: Graph
@@ -294,6 +324,7 @@ class GraphCache:
     x_shape: Shape
     x_dtype: np.dtype
     consumed: bool = False
+    parts: list[tuple[slice, GraphCache]] | None = None
 
 
 class Graph:
@@ -400,7 +431,7 @@ class Graph:
         self._attrs = [
             self._node_attrs(node, op) for node, op in zip(self.nodes, self._ops, strict=True)
         ]
-        self._infos: dict[Shape, GraphInfo] = {}
+        self._infos: dict[tuple[Shape, bool], GraphInfo] = {}
         self._sources = {**self.params, **self.constants}
         last: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
@@ -474,8 +505,11 @@ class Graph:
             If a node does not fit the shapes arriving at it (naming the node, and
             in ``arg`` its input or attribute at fault).
         """
-        x_shape = _check_shape(x_shape, "x")
-        cached = self._infos.get(x_shape)
+        return self._infer(_check_shape(x_shape, "x"), split=True)
+
+    def _infer(self, x_shape: Shape, *, split: bool) -> GraphInfo:
+        """:meth:`infer`; ``split=False`` for a part of a batch (which is not split again)."""
+        cached = self._infos.get((x_shape, split))
         if cached is not None:
             return cached
         if self.input_shape is not None:
@@ -512,10 +546,69 @@ class Graph:
                 set(self._produced),
             ),
         )
+        if split:
+            split_plan = self._parts(info)
+            if split_plan is not None:
+                parts, batched = split_plan
+                part_infos = {
+                    p: self._infer((p, *x_shape[1:]), split=False) for p in sorted(set(parts))
+                }
+                info = replace(info, parts=parts, _part_infos=part_infos, _batched=batched)
         if len(self._infos) >= 16:  # a service sees a few batch sizes; do not grow forever
             self._infos.pop(next(iter(self._infos)))
-        self._infos[x_shape] = info
+        self._infos[(x_shape, split)] = info
         return info
+
+    def _parts(self, info: GraphInfo) -> tuple[tuple[int, ...], frozenset[str]] | None:
+        """Sizes of the parts of the batch to run on threads of their own, and the
+        tensors that carry the batch; None to run the batch whole.
+
+        A batch is split, one part per thread of :data:`cnncore.threads.WORKERS`, when
+
+        - there are at least two threads and two samples, and each part has at least
+          :data:`SPLIT_MIN_FLOPS` of work (below that the hand-offs cost more than
+          they gain);
+        - BLAS can be kept to one thread meanwhile (:func:`cnncore.threads.can_limit_blas`);
+        - every node that reads the batch treats its samples independently (its op's
+          ``per_sample``, given which inputs carry the batch on axis 0), so that each
+          part computes exactly its samples' rows of every tensor;
+        - every tensor that carries the batch has it on axis 0, and a part's shapes
+          are the batch's with that axis shortened (so a reshape to a fixed batch size,
+          which would fail or mix samples, keeps the batch whole).
+
+        The parts are as equal as can be, larger first; the same shapes always give
+        the same parts on a given number of threads.
+        """
+        x_shape = info.shapes[self.input]
+        n = x_shape[0] if x_shape else 0
+        workers = min(_threads.WORKERS, n)
+        if workers < 2 or info.total_flops < workers * SPLIT_MIN_FLOPS:
+            return None
+        batched = {self.input}
+        for node, op, attrs, node_info in zip(
+            self.nodes, self._ops, self._attrs, info.nodes, strict=True
+        ):
+            flags = tuple(t in batched for t in node.inputs)
+            if not any(flags):
+                continue
+            if op.per_sample is None or not op.per_sample(node_info.input_shapes, flags, attrs):
+                return None
+            batched.add(node.output)
+        if self.output not in batched:
+            return None
+        if any(len(info.shapes[t]) == 0 or info.shapes[t][0] != n for t in batched):
+            return None
+        if not _threads.can_limit_blas():
+            return None
+        parts = tuple(n // workers + (i < n % workers) for i in range(workers))
+        for p in set(parts):
+            try:
+                part = self._infer((p, *x_shape[1:]), split=False)
+            except CnnError:
+                return None
+            if any(part.shapes[t] != (p, *info.shapes[t][1:]) for t in batched):
+                return None
+        return parts, frozenset(batched)
 
     def op_counts(self) -> dict[str, int]:
         """How many nodes use each op, e.g. ``{"conv2d": 3, "relu": 3, "add": 1}``."""
@@ -556,8 +649,43 @@ class Graph:
         x = as_float_array(x, "x")
         if self.dtype is not None:
             x = x.astype(self.dtype, copy=False)
-        self.infer(x.shape)
+        info = self.infer(x.shape)
+        if info.parts is not None:
+            return self._run_parts(x, info, backward, keep)
         return self._run(x, backward, keep)
+
+    def _run_parts(
+        self, x: np.ndarray, info: GraphInfo, backward: bool, keep: Collection[str]
+    ) -> tuple[np.ndarray, GraphCache]:
+        """:meth:`forward` of each part of the batch (:attr:`GraphInfo.parts`) on its own
+        thread, BLAS on one thread meanwhile; the outputs (and kept tensors that carry
+        the batch) are joined in part order."""
+        assert info.parts is not None
+        stops = np.cumsum(info.parts).tolist()
+        slices = [slice(stop - p, stop) for p, stop in zip(info.parts, stops, strict=True)]
+        with _threads.blas_single_threaded():
+            runs = _threads.map_threads(
+                lambda part: self._run(x[part], backward, keep), slices, len(slices)
+            )
+        out = np.concatenate([run[0] for run in runs])
+        values = {
+            t: x
+            if t == self.input
+            else np.concatenate([run[1].values[t] for run in runs])
+            if t in info._batched
+            else runs[0][1].values[t]
+            for t in keep
+        }
+        return out, GraphCache(
+            graph=self,
+            caches=[] if backward else None,
+            values=values,
+            out_shape=out.shape,
+            out_dtype=out.dtype,
+            x_shape=x.shape,
+            x_dtype=x.dtype,
+            parts=[(part, run[1]) for part, run in zip(slices, runs, strict=True)],
+        )
 
     def _run(
         self, x: np.ndarray, backward: bool, keep: Collection[str]
@@ -654,6 +782,9 @@ class Graph:
             )
         dout = check_dout(dout, cache.out_shape, cache.out_dtype)
         names = self._wrt(wrt)
+        if cache.parts is not None:
+            cache.consumed = release
+            return self._backward_parts(dout, cache.parts, names, release)
         reach = self._reach(names)
         caches = cache.caches if release else list(cache.caches)
         cache.consumed = release
@@ -692,6 +823,34 @@ class Graph:
                 )
                 g = np.zeros(shape, dtype=dtype)
             result[name] = g
+        return result
+
+    def _backward_parts(
+        self,
+        dout: np.ndarray,
+        parts: list[tuple[slice, GraphCache]],
+        names: list[str],
+        release: bool,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`backward` of each part on its own thread; the input's gradient is joined
+        in part order and each parameter's is the sum of the parts', added in part order."""
+        with _threads.blas_single_threaded():
+            runs = _threads.map_threads(
+                lambda item: self.backward(dout[item[0]], item[1], names, release=release),
+                parts,
+                len(parts),
+            )
+        result = {}
+        for name in names:
+            if name == self.input:
+                result[name] = np.concatenate([run[name] for run in runs])
+                continue
+            total = runs[0][name]
+            if not total.flags.writeable or total.base is not None:
+                total = total.copy()
+            for run in runs[1:]:
+                total += run[name]
+            result[name] = total
         return result
 
     def _wrt(self, wrt: Iterable[str] | None) -> list[str]:

@@ -40,7 +40,7 @@ from .geometry import (
     resolve_conv_padding,
 )
 from .linear import linear_backward, linear_forward
-from .op import Memory, Op, Shape, attr_bool, nbytes, no_attrs
+from .op import Memory, Op, Shape, attr_bool, first_only, nbytes, no_attrs
 from .pool import pool2d_backward, pool2d_forward, pool2d_inference
 from .validation import as_float_array
 
@@ -125,6 +125,7 @@ CONV2D = Op(
     forward=_conv_forward,
     backward=_conv_backward,
     memory=_conv_memory,
+    per_sample=first_only,
 )
 
 
@@ -286,6 +287,7 @@ POOL2D = Op(
     backward=_pool_backward,
     infer=_pool_infer,
     memory=_pool_memory,
+    per_sample=first_only,
 )
 
 
@@ -323,6 +325,7 @@ LINEAR = Op(
     forward=_linear_forward,
     backward=_linear_backward,
     memory=_linear_memory,
+    per_sample=first_only,
 )
 
 
@@ -349,6 +352,7 @@ RELU = Op(
     shape=_same_shape,
     forward=_relu_forward,
     backward=_relu_backward,
+    per_sample=first_only,
 )
 
 
@@ -373,4 +377,5 @@ IDENTITY = Op(
     shape=_identity_shape,
     forward=_identity_forward,
     backward=_identity_backward,
+    per_sample=first_only,
 )

@@ -102,6 +102,12 @@ def _gemm_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
     return Memory(forward=nbytes(out, isz), backward=nbytes(out, isz))  # c * beta; dout * alpha
 
 
+def _gemm_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    # Rows of A are samples; a bias C of shape (M, N) with M > 1 is not the same for each.
+    bias_ok = len(shapes) < 3 or len(shapes[2]) < 2 or shapes[2][0] == 1
+    return batched[0] and not attrs["trans_a"] and not any(batched[1:]) and bias_ok
+
+
 GEMM = Op(
     name="gemm",
     inputs=("a", "b", "c"),
@@ -112,6 +118,7 @@ GEMM = Op(
     forward=_gemm_forward,
     backward=_gemm_backward,
     memory=_gemm_memory,
+    per_sample=_gemm_per_sample,
 )
 
 
@@ -180,6 +187,11 @@ def _matmul_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], i
     return Memory(backward=n * (a2[-2] * a2[-1] + b2[-2] * b2[-1]) * isz)
 
 
+def _matmul_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    # A's leading axis (its rows when 2-D) is the batch; B a matrix or vector applied to each.
+    return batched[0] and not batched[1] and len(shapes[0]) >= 2 and len(shapes[1]) <= 2
+
+
 MATMUL = Op(
     name="matmul",
     inputs=("a", "b"),
@@ -188,4 +200,5 @@ MATMUL = Op(
     forward=_matmul_forward,
     backward=_matmul_backward,
     memory=_matmul_memory,
+    per_sample=_matmul_per_sample,
 )

@@ -13,7 +13,11 @@ calls, in the CS231n style of the layer functions (``forward -> (out, cache)``,
   ``backward(dout, cache, needs) -> (grad per input or None, ...)``, where ``needs``
   says which inputs want a gradient (the others may be skipped and returned as None);
 - ``memory(input_shapes, out_shape, attrs, itemsize) -> Memory``: bytes the pass
-  allocates beyond the output and the input gradients, for the working-memory bound.
+  allocates beyond the output and the input gradients, for the working-memory bound;
+- ``per_sample(input_shapes, batched, attrs) -> bool``: whether the op treats the
+  samples of a batch independently, given which inputs carry the batch on axis 0
+  (``batched``; the others are parameters or computed from them), so that the graph
+  may run parts of the batch apart (:meth:`cnncore.graph.Graph.infer`). None: never.
 
 Ops never write into their inputs: parameters may be read-only arrays shared by
 every request.
@@ -85,6 +89,8 @@ class Op:
     infer
         Optional ``infer(inputs, attrs) -> out``: the forward output (the same bits)
         without what only the backward pass needs, for ``forward(x, backward=False)``.
+    per_sample
+        Optional ``per_sample(input_shapes, batched, attrs) -> bool`` (module docstring).
     """
 
     name: str
@@ -95,6 +101,7 @@ class Op:
     backward: Callable[[np.ndarray, Any, tuple[bool, ...]], tuple[np.ndarray | None, ...]]
     memory: Callable[[Sequence[Shape], Shape, dict[str, Any], int], Memory] = no_memory
     infer: Callable[[Sequence[np.ndarray], dict[str, Any]], np.ndarray] | None = None
+    per_sample: Callable[[Sequence[Shape], tuple[bool, ...], dict[str, Any]], bool] | None = None
     attr_names: tuple[str, ...] = ()
     optional: int = 0
     variadic: bool = False
@@ -108,6 +115,25 @@ class Op:
             return None
         names = ", ".join(self.inputs[:low]) + "".join(f"[, {n}]" for n in self.inputs[low:])
         return f"{self.name} takes inputs ({names}), got {count}"
+
+
+# --------------------------------------------------------------------------- per-sample rules
+
+
+def first_only(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    """``per_sample`` of an op that maps each sample of its first input on its own, with
+    parameters for the other inputs (a convolution, a pooling, an activation)."""
+    return batched[0] and not any(batched[1:])
+
+
+def broadcast_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    """``per_sample`` of a broadcasting elementwise op: every batched input lines up
+    with the output's axis 0, and no parameter spreads its own axis 0 over the batch."""
+    rank = max(len(s) for s in shapes)
+    return all(
+        len(s) == rank if b else (len(s) < rank or s[0] == 1)
+        for s, b in zip(shapes, batched, strict=True)
+    )
 
 
 # --------------------------------------------------------------------------- attribute helpers

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ParameterError, ShapeError
 from .geometry import _check_shape
-from .op import Op, Shape, attr_axis, attr_float, attr_ints
+from .op import Op, Shape, attr_axis, attr_float, attr_ints, first_only
 
 # --------------------------------------------------------------------------- flatten
 
@@ -52,6 +52,10 @@ def _reshape_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> 
     return (dout.reshape(cache),)
 
 
+def _flatten_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    return batched[0] and attr_axis(attrs["axis"], len(shapes[0]), end_ok=True) >= 1
+
+
 FLATTEN = Op(
     name="flatten",
     inputs=("x",),
@@ -60,6 +64,7 @@ FLATTEN = Op(
     shape=_flatten_shape,
     forward=_flatten_forward,
     backward=_reshape_backward,
+    per_sample=_flatten_per_sample,
 )
 
 
@@ -132,6 +137,7 @@ RESHAPE = Op(
     shape=_reshape_shape,
     forward=_reshape_forward,
     backward=_reshape_backward,
+    per_sample=first_only,
 )
 
 
@@ -179,6 +185,10 @@ def _concat_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> t
     )
 
 
+def _concat_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    return all(batched) and attr_axis(attrs["axis"], len(shapes[0])) != 0
+
+
 CONCAT = Op(
     name="concat",
     inputs=("x",),
@@ -188,6 +198,7 @@ CONCAT = Op(
     shape=_concat_shape,
     forward=_concat_forward,
     backward=_concat_backward,
+    per_sample=_concat_per_sample,
 )
 
 
@@ -254,6 +265,11 @@ def _pad_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tupl
     return (dx,)
 
 
+def _pad_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    pads = attrs["pads"]
+    return batched[0] and pads[0] == 0 and pads[len(pads) // 2] == 0
+
+
 PAD = Op(
     name="pad",
     inputs=("x",),
@@ -262,4 +278,5 @@ PAD = Op(
     shape=_pad_shape,
     forward=_pad_forward,
     backward=_pad_backward,
+    per_sample=_pad_per_sample,
 )

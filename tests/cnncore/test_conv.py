@@ -256,7 +256,6 @@ def threaded_chunks(
     monkeypatch.setattr(conv_module, "_SHARE_BYTES", 2 * one)
     monkeypatch.setattr(conv_module, "_MIN_CHUNK_MACS", 0)
     monkeypatch.setattr(conv_module, "_WORKERS", workers)
-    monkeypatch.setattr(conv_module, "_executor", None)  # a pool of `workers` threads
     chunks = conv_module._sample_chunks(geom, slice(0, geom.kh), 8)
     assert len(chunks) >= 2
     assert chunks[-1].stop - chunks[-1].start < chunks[0].stop  # a short last chunk
