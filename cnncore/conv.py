@@ -73,7 +73,7 @@ from .geometry import Conv2dGeometry, conv2d_geometry
 from .threads import WORKERS, map_threads
 from .validation import as_float_array, check_bias, check_dout, common_dtype
 
-__all__ = ["Conv2dCache", "conv2d_backward", "conv2d_forward"]
+__all__ = ["Conv2dCache", "conv2d_backward", "conv2d_forward", "conv2d_inference"]
 
 T = TypeVar("T")
 
@@ -95,8 +95,8 @@ class Conv2dCache:
     has_bias
         Whether the forward pass had a bias (``db`` is ``None`` otherwise).
     batched
-        Whether ``cols`` has the whole-batch layout ``(G, C/G * KH * KW + bias,
-        N * out_h * out_w)`` of :func:`_batched` layers.
+        Whether ``cols`` has the whole-batch layout ``(G, C/G * KH * KW,
+        N * out_h * out_w)`` of :func:`_batched` layers (no row of ones).
     """
 
     geom: Conv2dGeometry
@@ -163,27 +163,10 @@ def conv2d_forward(
         of range (for instance ``stride=0``, ``stride=True``, ``stride=1.5``, or
         ``padding="same"`` with a stride above 1).
     """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w")
-    b = None if b is None else as_float_array(b, "b")
-    geom = conv2d_geometry(
-        x.shape,
-        w.shape,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        bias=b is not None,
-    )
-    dtype = common_dtype(x, w, b)
-    x = x.astype(dtype, copy=False)
-    w = w.astype(dtype, copy=False)
-    b = check_bias(b, geom.f, dtype)
-
-    g = geom
+    x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
     if _batched(g):
         return _forward_batched(x, w, b, g)
-    G, lw = g.groups, _row_len(g)
+    G, lw, dtype = g.groups, _row_len(g), x.dtype
     # The bias rides in the GEMM (see the module docstring).
     k = g.c // G * g.kh * g.kw
     cols = np.empty((g.n, G, k + (b is not None), g.out_h * lw), dtype=dtype)
@@ -208,6 +191,90 @@ def conv2d_forward(
     if lw != g.out_w:
         out = np.ascontiguousarray(out[..., : g.out_w])
     return out, Conv2dCache(geom=g, cols=cols, w=w, has_bias=b is not None)
+
+
+def conv2d_inference(
+    x: Any,
+    w: Any,
+    b: Any = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: Any = 1,
+) -> np.ndarray:
+    """:func:`conv2d_forward`'s output alone, for a pass no backward follows.
+
+    Same parameters and errors, without the im2col matrix of the whole batch: a layer
+    with per-sample GEMMs builds the columns of a band of output rows at a time
+    (:data:`_BAND_BYTES`) in one small buffer, and multiplies them while they are still
+    in cache. The sums are the same (each output is one dot product over the same
+    column), but a GEMM with fewer columns may block its inner dimension differently,
+    so float32 results can differ from :func:`conv2d_forward`'s in the last bits (float64
+    ones did not, here), within the same round-off bound. Whole-batch layers
+    (:func:`_batched`), and small layers whose chunks run on threads, compute as
+    :func:`conv2d_forward` and drop its cache.
+    """
+    x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
+    if _batched(g):
+        return _forward_batched(x, w, b, g)[0]
+    if _threaded(g, len(_sample_chunks(g, slice(0, g.kh), x.itemsize))):
+        return conv2d_forward(
+            x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups
+        )[0]
+    G, lw = g.groups, _row_len(g)
+    k = g.c // G * g.kh * g.kw
+    rows = max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * lw * x.itemsize)))
+    band = np.empty((G, k + (b is not None), rows * lw), dtype=x.dtype)
+    wmat = w.reshape(G, g.f // G, k)
+    if b is not None:
+        band[:, k] = 1
+        wmat = np.concatenate([wmat, b.reshape(G, g.f // G, 1)], axis=-1)
+    windows = _windows(_padded_buffer(x, g), g)
+    windows = windows.reshape(g.n, G, g.c // G, *windows.shape[2:])  # (N, G, C/G, KH, KW, oh, L)
+    out = np.empty((g.n, G, g.f // G, g.out_h * lw), dtype=x.dtype)
+    for n in range(g.n):
+        for top in range(0, g.out_h, rows):
+            bottom = min(top + rows, g.out_h)
+            span = slice(top * lw, bottom * lw)
+            cols = band[:, :, : (bottom - top) * lw]
+            cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, lw)[...] = windows[
+                n, :, :, :, :, top:bottom
+            ]
+            np.matmul(wmat, cols, out=out[n, :, :, span])
+    out = out.reshape(g.n, g.f, g.out_h, lw)
+    if lw != g.out_w:
+        out = np.ascontiguousarray(out[..., : g.out_w])
+    return out
+
+
+def _prepare(
+    x: Any, w: Any, b: Any, stride: Any, padding: Any, dilation: Any, groups: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Conv2dGeometry]:
+    """The arrays of a convolution in their common dtype, and its checked geometry."""
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    b = None if b is None else as_float_array(b, "b")
+    g = conv2d_geometry(
+        x.shape,
+        w.shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=b is not None,
+    )
+    dtype = common_dtype(x, w, b)
+    return x.astype(dtype, copy=False), w.astype(dtype, copy=False), check_bias(b, g.f, dtype), g
+
+
+_BAND_BYTES = 1 << 20
+"""Size of the columns :func:`conv2d_inference` builds at once (a band of output rows).
+
+Small enough to stay in cache between the copy that builds them and the GEMM that
+reads them; large enough that the GEMM has a few hundred columns (ResNet-18's 56x56
+layers: bands of 7 rows of 58, 406 columns).
+"""
 
 
 def conv2d_backward(
@@ -316,24 +383,30 @@ def _forward_batched(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry
 ) -> tuple[np.ndarray, Conv2dCache]:
     """:func:`conv2d_forward` as one GEMM ``W @ cols`` with ``cols`` of shape
-    ``(G, C/G * KH * KW [+ 1], N * out_h * out_w)`` (no junk columns)."""
+    ``(G, C/G * KH * KW, N * out_h * out_w)`` (no junk columns).
+
+    The GEMM's output is ``(F, N, ...)``; the bias is added by the copy that puts it in
+    ``(N, F, ...)`` order, which is needed anyway (a row of ones in ``cols`` would cost
+    a copy of the whole kernel per call to append ``b`` to it).
+    """
     G, fg, cg = g.groups, g.f // g.groups, g.c // g.groups
     k = cg * g.kh * g.kw
-    cols = np.empty((G, k + (b is not None), g.n, g.out_h, g.out_w), dtype=x.dtype)
+    cols = np.empty((G, k, g.n, g.out_h, g.out_w), dtype=x.dtype)
     windows = _windows(_padded_buffer(x, g), g)[..., : g.out_w]  # (N, C, KH, KW, oh, ow)
     windows = windows.reshape(g.n, G, cg, g.kh, g.kw, g.out_h, g.out_w)
-    receptive = cols[:, :k].reshape(G, cg, g.kh, g.kw, g.n, g.out_h, g.out_w)
-    assert np.may_share_memory(receptive, cols)
-    receptive[...] = windows.transpose(1, 2, 3, 4, 0, 5, 6)
-    wmat = w.reshape(G, fg, k)
-    if b is not None:
-        cols[:, k] = 1
-        wmat = np.concatenate([wmat, b.reshape(G, fg, 1)], axis=-1)
-    cols = cols.reshape(G, -1, g.n * g.out_h * g.out_w)
-    out = np.matmul(wmat, cols)  # (G, F/G, N * out_h * out_w)
-    out = out.reshape(g.f, g.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
+    cols.reshape(G, cg, g.kh, g.kw, g.n, g.out_h, g.out_w)[...] = windows.transpose(
+        1, 2, 3, 4, 0, 5, 6
+    )
+    cols = cols.reshape(G, k, g.n * g.out_h * g.out_w)
+    gemm = np.matmul(w.reshape(G, fg, k), cols)  # (G, F/G, N * out_h * out_w)
+    gemm = gemm.reshape(g.f, g.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
+    out = np.empty(g.output_shape, dtype=x.dtype)
+    if b is None:
+        out[...] = gemm
+    else:
+        np.add(gemm, b.reshape(g.f, 1, 1), out=out)
     cache = Conv2dCache(geom=g, cols=cols, w=w, has_bias=b is not None, batched=True)
-    return np.ascontiguousarray(out), cache
+    return out, cache
 
 
 def _backward_batched(
@@ -343,9 +416,9 @@ def _backward_batched(
     batch, then ``Wᵀ @ dout`` a group of kernel rows at a time, scattered back by col2im."""
     g, w, cols = cache.geom, cache.w, cache.cols
     G, cg = g.groups, g.c // g.groups
-    k = cg * g.kh * g.kw
     d = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(G, g.f // G, -1)
-    dwb = np.matmul(d, cols.swapaxes(-1, -2))  # (G, F/G, k [+ 1])
+    dw = np.matmul(d, cols.swapaxes(-1, -2)).reshape(w.shape)  # (G, F/G, k)
+    db = d.sum(axis=-1).reshape(g.f) if cache.has_bias else None
     dxbuf = np.zeros(_buffer_size(g), dtype=w.dtype)
     dwin = _windows(dxbuf, g, writeable=True)[..., : g.out_w]  # (N, C, KH, KW, oh, ow)
     for rows in _row_groups(g):
@@ -355,8 +428,6 @@ def _backward_batched(
             for j in range(g.kw):
                 share = dcols[:, :, r, j].reshape(g.c, g.n, g.out_h, g.out_w)
                 dwin[:, :, i, j] += share.swapaxes(0, 1)
-    dw = dwb[..., :k].reshape(w.shape)
-    db = dwb[..., k].reshape(g.f) if cache.has_bias else None
     return _unpad(dxbuf, g), dw, db
 
 
@@ -479,6 +550,8 @@ def _buffer_size(g: Conv2dGeometry) -> int:
 def _padded_buffer(x: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     """``x`` zero-padded, as a flat buffer of :func:`_buffer_size` elements."""
     hp, wp = g.padded_hw
+    if (hp, wp) == (g.h, g.w) and _buffer_size(g) == x.size and x.flags.c_contiguous:
+        return x.reshape(-1)  # read only: the windows of the forward pass are a view
     buf = np.zeros(_buffer_size(g), dtype=x.dtype)
     xp = buf[: g.n * g.c * hp * wp].reshape(g.n, g.c, hp, wp)
     xp[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w] = x

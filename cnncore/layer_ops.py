@@ -27,7 +27,7 @@ import numpy as np
 
 from . import conv as _conv
 from .activations import relu_backward, relu_forward
-from .conv import conv2d_backward, conv2d_forward
+from .conv import conv2d_backward, conv2d_forward, conv2d_inference
 from .errors import ParameterError, ShapeError
 from .geometry import (
     _check_shape,
@@ -75,6 +75,10 @@ def _conv_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[
     return conv2d_forward(*inputs, **attrs)
 
 
+def _conv_infer(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return conv2d_inference(*inputs, **attrs)
+
+
 def _conv_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
     dx, dw, db = conv2d_backward(dout, cache)
     return (dx, dw, db)[: len(needs)]
@@ -108,9 +112,11 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
     if _conv._batched(g):
         # One GEMM over the batch: compact columns, the GEMM's (F, N, ...) output before
         # its transpose (forward); dout transposed, dW, one kernel row group's shares.
+        # The bias add reads the GEMM output transposed: numpy's ufunc iterator may
+        # buffer up to np.getbufsize() (8192) elements of it.
         pixels = g.n * g.out_h * g.out_w
-        cols = g.groups * (k + bias) * pixels
-        forward = buffer + g.f * pixels + (g.f * (k + 1) if bias else 0)
+        cols = g.groups * k * pixels
+        forward = buffer + g.f * pixels + np.getbufsize()
         backward = buffer + g.f * pixels + dw_rows + g.c * depth * g.kw * pixels + 2 * g.f * k
     return Memory(cache=cols * isz, forward=forward * isz, backward=backward * isz)
 
@@ -125,6 +131,7 @@ CONV2D = Op(
     forward=_conv_forward,
     backward=_conv_backward,
     memory=_conv_memory,
+    infer=_conv_infer,
     per_sample=first_only,
 )
 
