@@ -72,6 +72,13 @@ def _add_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[n
     return a + b, ((a.shape, a.dtype), (b.shape, b.dtype))
 
 
+def _add_overwrite(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    a, b = inputs
+    if a.shape != np.broadcast_shapes(a.shape, b.shape) or a.dtype != np.result_type(a, b):
+        return a + b  # the sum does not fit in a
+    return np.add(a, b, out=a)
+
+
 def _add_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
     return tuple(
         sum_to_shape(dout, shape).astype(dtype, copy=False) if need else None
@@ -86,6 +93,7 @@ ADD = Op(
     shape=_add_shape,
     forward=_add_forward,
     backward=_add_backward,
+    overwrite=_add_overwrite,
     per_sample=broadcast_per_sample,
 )
 
@@ -113,6 +121,12 @@ def _clip_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[
     return out, (x, low, high)
 
 
+def _clip_overwrite(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    (x,) = inputs
+    low, high = attrs["min"], attrs["max"]
+    return x if low is None and high is None else np.clip(x, low, high, out=x)
+
+
 def _clip_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
     x, low, high = cache
     inside = np.ones(x.shape, dtype=bool)
@@ -135,6 +149,7 @@ CLIP = Op(
     shape=_elementwise_shape,
     forward=_clip_forward,
     backward=_clip_backward,
+    overwrite=_clip_overwrite,
     memory=_mask_memory,
     per_sample=first_only,
 )

@@ -699,7 +699,9 @@ class Graph:
         caches: list[Any] | None = [None] * len(self.nodes) if backward else None
         for i, (node, op, attrs) in enumerate(zip(self.nodes, self._ops, self._attrs, strict=True)):
             try:
-                if caches is None and op.infer is not None:
+                if caches is None and op.overwrite is not None and self._owned(i, values, kept):
+                    out, cache = op.overwrite([values[t] for t in node.inputs], attrs), None
+                elif caches is None and op.infer is not None:
                     out, cache = op.infer([values[t] for t in node.inputs], attrs), None
                 else:
                     out, cache = op.forward([values[t] for t in node.inputs], attrs)
@@ -721,6 +723,29 @@ class Graph:
             out_dtype=out.dtype,
             x_shape=x.shape,
             x_dtype=x.dtype,
+        )
+
+    def _owned(self, i: int, values: Mapping[str, np.ndarray], kept: set[str]) -> bool:
+        """Whether node ``i`` may write its output into its first input (``Op.overwrite``).
+
+        Yes for an activation that no later node reads and nobody keeps, read once by
+        this node, whose array owns its memory (not the graph input, a parameter or a
+        view) and shares it with no other live activation (a reshape's view of it).
+        """
+        t = self.nodes[i].inputs[0]
+        if t not in self._produced or t in kept or self.nodes[i].inputs.count(t) > 1:
+            return False
+        if t not in self._last_read[i]:
+            return False
+        a = values[t]
+        if not (a.flags.owndata and a.flags.writeable) or a is values[self.input]:
+            return False
+        if any(a is v for v in self._sources.values()):
+            return False
+        return not any(
+            np.may_share_memory(a, v)
+            for name, v in values.items()
+            if name != t and name in self._produced
         )
 
     def backward(

@@ -348,6 +348,10 @@ def _relu_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[
     return relu_forward(inputs[0])
 
 
+def _relu_overwrite(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.maximum(inputs[0], 0, out=inputs[0])
+
+
 def _relu_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
     return (relu_backward(dout, cache),)
 
@@ -360,6 +364,7 @@ RELU = Op(
     forward=_relu_forward,
     backward=_relu_backward,
     per_sample=first_only,
+    overwrite=_relu_overwrite,
 )
 
 

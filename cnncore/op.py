@@ -19,8 +19,10 @@ calls, in the CS231n style of the layer functions (``forward -> (out, cache)``,
   (``batched``; the others are parameters or computed from them), so that the graph
   may run parts of the batch apart (:meth:`cnncore.graph.Graph.infer`). None: never.
 
-Ops never write into their inputs: parameters may be read-only arrays shared by
-every request.
+Ops never write into their inputs (parameters may be read-only arrays shared by
+every request), except through ``overwrite``: an optional ``infer`` that writes its
+output into its first input, which the engine calls only for an activation that no
+other tensor shares memory with and no later node reads (a ReLU after a convolution).
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ class Op:
         without what only the backward pass needs, for ``forward(x, backward=False)``.
     per_sample
         Optional ``per_sample(input_shapes, batched, attrs) -> bool`` (module docstring).
+    overwrite
+        Optional ``overwrite(inputs, attrs) -> out``: ``infer`` with the output written
+        into ``inputs[0]`` when it fits there, returned (module docstring).
     """
 
     name: str
@@ -102,6 +107,7 @@ class Op:
     memory: Callable[[Sequence[Shape], Shape, dict[str, Any], int], Memory] = no_memory
     infer: Callable[[Sequence[np.ndarray], dict[str, Any]], np.ndarray] | None = None
     per_sample: Callable[[Sequence[Shape], tuple[bool, ...], dict[str, Any]], bool] | None = None
+    overwrite: Callable[[Sequence[np.ndarray], dict[str, Any]], np.ndarray] | None = None
     attr_names: tuple[str, ...] = ()
     optional: int = 0
     variadic: bool = False
