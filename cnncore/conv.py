@@ -222,29 +222,26 @@ def conv2d_inference(
         return conv2d_forward(
             x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups
         )[0]
-    G, lw = g.groups, _row_len(g)
+    G, ow = g.groups, g.out_w
     k = g.c // G * g.kh * g.kw
-    rows = max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * lw * x.itemsize)))
-    band = np.empty((G, k + (b is not None), rows * lw), dtype=x.dtype)
+    rows = max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * ow * x.itemsize)))
+    band = np.empty((G, k + (b is not None), rows * ow), dtype=x.dtype)
     wmat = w.reshape(G, g.f // G, k)
     if b is not None:
         band[:, k] = 1
         wmat = np.concatenate([wmat, b.reshape(G, g.f // G, 1)], axis=-1)
-    windows = _windows(_padded_buffer(x, g), g)
-    windows = windows.reshape(g.n, G, g.c // G, *windows.shape[2:])  # (N, G, C/G, KH, KW, oh, L)
-    out = np.empty((g.n, G, g.f // G, g.out_h * lw), dtype=x.dtype)
+    windows = _windows(_padded_buffer(x, g), g)[..., :ow]
+    windows = windows.reshape(g.n, G, g.c // G, *windows.shape[2:])  # (N, G, C/G, KH, KW, oh, ow)
+    out = np.empty(g.output_shape, dtype=x.dtype)
+    grouped = out.reshape(g.n, G, g.f // G, g.out_h * ow)
     for n in range(g.n):
         for top in range(0, g.out_h, rows):
             bottom = min(top + rows, g.out_h)
-            span = slice(top * lw, bottom * lw)
-            cols = band[:, :, : (bottom - top) * lw]
-            cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, lw)[...] = windows[
+            cols = band[:, :, : (bottom - top) * ow]
+            cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, ow)[...] = windows[
                 n, :, :, :, :, top:bottom
             ]
-            np.matmul(wmat, cols, out=out[n, :, :, span])
-    out = out.reshape(g.n, g.f, g.out_h, lw)
-    if lw != g.out_w:
-        out = np.ascontiguousarray(out[..., : g.out_w])
+            np.matmul(wmat, cols, out=grouped[n, :, :, top * ow : bottom * ow])
     return out
 
 
