@@ -9,7 +9,7 @@ import pytest
 
 from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
 from cnncore import conv as conv_module
-from cnncore.conv import conv2d_backward, conv2d_forward
+from cnncore.conv import conv2d_backward, conv2d_forward, conv2d_inference
 from cnncore.gradcheck import assert_gradient
 from tests.helpers import assert_close, conv_magnitudes
 
@@ -135,6 +135,11 @@ def check_against_reference(
     dout = rng.standard_normal(out.shape).astype(out.dtype)
     bound = conv_magnitudes(x, w, b, dout, kwargs)
     assert_close(out, ref_out, bound=bound["out"])
+    # The inference pass: the same sums over other GEMM shapes (bands of output rows).
+    inferred = conv2d_inference(x, w, b, **kwargs)
+    assert inferred.dtype == out.dtype
+    assert inferred.flags.c_contiguous
+    assert_close(inferred, ref_out, bound=bound["out"])
     dx, dw, db = conv2d_backward(dout, cache)
     ref_dx, ref_dw, ref_db = reference.conv_backward_naive(dout, ref_cache)
     assert (dx.shape, dw.shape) == (x.shape, w.shape)
@@ -228,6 +233,39 @@ def test_matches_reference_in_sample_chunks(
     w = rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[0]) if with_bias else None
     check_against_reference(x, w, b, kwargs, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize(
+    "rows", [1, 2, 3, 100], ids=["band1", "band2", "band3-short-last", "whole"]
+)
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "kwargs"),
+    [GRID[0], GRID[2], GRID[7], GRID[15], GRID[17], GRID[22]],
+)
+def test_inference_in_bands_of_output_rows(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    rows: int,
+    with_bias: bool,
+    dtype: Any,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    per_sample_gemms(monkeypatch)
+    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
+    column = (geom.c // geom.groups * geom.kh * geom.kw + 1) * geom.out_w * np.dtype(dtype).itemsize
+    monkeypatch.setattr(conv_module, "_BAND_BYTES", rows * column)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
+    out = conv2d_inference(x, w, b, **kwargs)
+    ref_out, _ = reference.conv_forward_naive(x, w, b, conv_param(kwargs))
+    dout = np.ones(out.shape, dtype=dtype)
+    assert out.dtype == dtype
+    assert_close(out, ref_out, bound=conv_magnitudes(x, w, b, dout, kwargs)["out"])
 
 
 # Layers whose chunks of the batch run on the module's threads (conv._map_chunks):
@@ -392,11 +430,13 @@ def test_unused_trailing_input_gets_zero_gradient(rng: np.random.Generator) -> N
     np.testing.assert_array_equal(dx[0, 0, :, -1], 0.0)
 
 
-def test_inputs_are_not_modified(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("padding", [1, 0], ids=["padded", "unpadded-input-read-in-place"])
+def test_inputs_are_not_modified(padding: int, rng: np.random.Generator) -> None:
     x = rng.standard_normal((2, 3, 5, 5))
     w = rng.standard_normal((2, 3, 3, 3))
     x0, w0 = x.copy(), w.copy()
-    out, cache = conv2d_forward(x, w, padding=1)
+    out, cache = conv2d_forward(x, w, padding=padding)
+    conv2d_inference(x, w, padding=padding)
     dout = np.ones(out.shape)
     conv2d_backward(dout, cache)
     np.testing.assert_array_equal(x, x0)

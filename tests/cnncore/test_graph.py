@@ -509,3 +509,64 @@ def test_working_bytes_bounds_what_a_pass_allocates(
     # for every chunk, pooling's float64 bincount buffer), so it may reach a few times
     # the measured peak on a graph this small; 4x leaves room for the op estimates' slack.
     assert bound <= 4 * measured, (bound, measured)
+
+
+# --------------------------------------------------------------------------- in-place inference
+
+
+def _spy_overwrites(g: Graph, calls: list[str]) -> None:
+    """Record the nodes whose output the engine writes into their input (Op.overwrite)."""
+    for i, (node, op) in enumerate(zip(g.nodes, g._ops, strict=True)):
+        if op.overwrite is not None:
+
+            def spy(inputs: Any, attrs: Any, _op: Any = op, _name: str = node.name) -> Any:
+                calls.append(_name)
+                return _op.overwrite(inputs, attrs)
+
+            g._ops[i] = dataclasses.replace(op, overwrite=spy)
+
+
+def test_inference_overwrites_only_dead_activations_it_owns(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((2, 3, 5, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    nodes = [
+        Node("c", "conv2d", ("x", "w"), "h", {"padding": 1}),
+        Node("r", "relu", ("h",), "a"),  # h is dead after r: overwritten
+        Node("view", "reshape", ("a",), "v", {"shape": (2, -1)}),
+        Node("r2", "relu", ("v",), "b"),  # v is a view of a, which f still reads
+        Node("f", "flatten", ("a",), "af"),
+        Node("s", "add", ("b", "af"), "s1"),  # b is dead and owns its memory: overwritten
+        Node("id", "identity", ("x",), "xi"),
+        Node("rx", "relu", ("xi",), "rxi"),  # xi is the caller's input itself
+        Node("rm", "relu", ("m",), "rmi"),  # a parameter
+        Node("fx", "flatten", ("rxi",), "fxi"),
+        Node("g", "gemm", ("fxi", "rmi"), "p"),
+        Node("out", "add", ("s1", "p"), "y"),
+    ]
+    m = rng.standard_normal((75, 100))
+    g = Graph(nodes, params={"w": w, "m": m})
+    x0, w0, m0 = x.copy(), w.copy(), m.copy()
+    calls: list[str] = []
+    _spy_overwrites(g, calls)
+    inferred, _ = g.forward(x, backward=False)
+    trained, _ = g.forward(x)  # no overwrites with caches
+    np.testing.assert_array_equal(inferred, trained)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(m, m0)
+    assert calls == ["r", "s", "out"]  # never r2 (a view), rx (the input), rm (a parameter)
+
+
+def test_inference_does_not_overwrite_kept_tensors(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((2, 3, 5, 5))
+    g = Graph(
+        [Node("c", "conv2d", ("x", "w"), "h", {"padding": 1}), Node("r", "relu", ("h",), "a")],
+        params={"w": rng.standard_normal((4, 3, 3, 3))},
+    )
+    calls: list[str] = []
+    _spy_overwrites(g, calls)
+    _, cache = g.forward(x, backward=False, keep=["h"])
+    want, _ = cnncore.conv2d_forward(x, g.params["w"], padding=1)
+    np.testing.assert_array_equal(cache.values["h"], want)  # still has its negatives
+    assert (cache.values["h"] < 0).any()
+    assert calls == []
