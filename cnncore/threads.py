@@ -146,6 +146,23 @@ def _controller() -> Any:
     return ThreadpoolController().select(user_api="blas")
 
 
+def _release_openblas() -> None:
+    """Let the next thread that sets OpenBLAS's thread count do so.
+
+    threadpoolctl 3.8 lets only one Python thread (the first to set it, until it clears
+    that) change the thread count of an OpenBLAS built with pthreads, and silently
+    ignores the others. Here the thread that limits BLAS and the one that restores it
+    can differ (concurrent requests), and both hold :data:`_blas_lock` while setting.
+    """
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # threadpoolctl before 3.8 has no controlling thread
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
 _CONTROLLER: Any = None
 _CONTROLLER_READY = False
 
@@ -180,7 +197,9 @@ def blas_single_threaded() -> Iterator[None]:
         return
     with _blas_lock:
         if _blas_users == 0:
+            _release_openblas()
             _blas_limit = controller.limit(limits=1)
+            _release_openblas()
         _blas_users += 1
     try:
         yield
@@ -188,5 +207,7 @@ def blas_single_threaded() -> Iterator[None]:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
+                _release_openblas()
                 _blas_limit.restore_original_limits()
+                _release_openblas()
                 _blas_limit = None
