@@ -58,4 +58,27 @@ def relu_backward(dout: Any, cache: np.ndarray) -> np.ndarray:
     """
     x = cache
     dout = check_dout(dout, x.shape, x.dtype)
-    return np.where(x > 0, dout, x.dtype.type(0))
+    return masked_gradient(dout, x > 0)
+
+
+def masked_gradient(dout: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``np.where(keep, dout, 0)``: ``dout`` where ``keep`` is true, else +0.0.
+
+    Computed as ``dout * keep`` (``np.where`` of a float array and a scalar has no SIMD
+    loop: 32 ms against 8.5 for 6.4M float32 values here), then ``+ 0`` so that the
+    dropped negative values give +0.0, not -0.0. When the product has a NaN (``dout``
+    has one, or a dropped value is infinite: ``inf * 0`` is NaN) it falls back to
+    ``np.where``.
+
+    Parameters
+    ----------
+    dout : ndarray
+        Float gradient.
+    keep : ndarray of bool, broadcastable to ``dout``
+    """
+    with np.errstate(invalid="ignore"):  # inf * 0: handled just below
+        dx = np.multiply(dout, keep)
+    if np.isnan(dx).any():  # a NaN of dout, or a dropped inf: the exact, slower way
+        return np.where(keep, dout, dout.dtype.type(0))
+    dx += dout.dtype.type(0)
+    return dx

@@ -216,7 +216,7 @@ def conv2d_inference(
     :func:`conv2d_forward` and drop its cache.
     """
     x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
-    if _batched(g):
+    if _batched(g, _INFERENCE_BATCH_MAX_PIXELS):
         return _forward_batched(x, w, b, g)[0]
     if _threaded(g, len(_sample_chunks(g, slice(0, g.kh), x.itemsize))):
         return conv2d_forward(
@@ -371,9 +371,19 @@ strided layers switch only at 14x14.
 """
 
 
-def _batched(g: Conv2dGeometry) -> bool:
-    """Whether a layer runs as one GEMM over the whole batch (a function of its shapes only)."""
-    return g.n > 1 and g.out_h * g.out_w <= _BATCH_MAX_PIXELS[g.sw != 1]
+_INFERENCE_BATCH_MAX_PIXELS = (196, 196)
+""":data:`_BATCH_MAX_PIXELS` of :func:`conv2d_inference`, whose per-sample layers compute in
+bands of rows held in cache: measured on ResNet-18's 3x3 layers at batch 4, float32, one
+thread, ms whole-batch -> bands: 28x28 19.2 -> 17.4, stride 2 to 28x28 11.8 -> 9.7; 14x14
+17.3 -> 17.2 (even), stride 2 to 7x7 9.5 -> 12.0 and 7x7 18.1 -> 24.1 (the GEMMs get too
+few columns)."""
+
+
+def _batched(g: Conv2dGeometry, limits: tuple[int, int] | None = None) -> bool:
+    """Whether a layer runs as one GEMM over the whole batch (a function of its shapes only);
+    ``limits`` defaults to :data:`_BATCH_MAX_PIXELS`."""
+    limits = _BATCH_MAX_PIXELS if limits is None else limits
+    return g.n > 1 and g.out_h * g.out_w <= limits[g.sw != 1]
 
 
 def _forward_batched(
@@ -410,7 +420,7 @@ def _backward_batched(
     dout: np.ndarray, cache: Conv2dCache
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`conv2d_backward` for :func:`_forward_batched`: one ``dW`` GEMM over the whole
-    batch, then ``Wᵀ @ dout`` a group of kernel rows at a time, scattered back by col2im."""
+    batch, then one ``Wᵀ @ dout``, scattered back by col2im."""
     g, w, cols = cache.geom, cache.w, cache.cols
     G, cg = g.groups, g.c // g.groups
     d = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(G, g.f // G, -1)
@@ -418,13 +428,15 @@ def _backward_batched(
     db = d.sum(axis=-1).reshape(g.f) if cache.has_bias else None
     dxbuf = np.zeros(_buffer_size(g), dtype=w.dtype)
     dwin = _windows(dxbuf, g, writeable=True)[..., : g.out_w]  # (N, C, KH, KW, oh, ow)
-    for rows in _row_groups(g):
-        wt = _kernel_rows(w, g, rows).swapaxes(-1, -2)
-        dcols = np.matmul(wt, d).reshape(G, cg, rows.stop - rows.start, g.kw, g.n, g.out_h, g.out_w)
-        for r, i in enumerate(range(rows.start, rows.stop)):
-            for j in range(g.kw):
-                share = dcols[:, :, r, j].reshape(g.c, g.n, g.out_h, g.out_w)
-                dwin[:, :, i, j] += share.swapaxes(0, 1)
+    # Every kernel row in one GEMM: the shares are the size of the cached columns, and
+    # the kernel's rows need no copy (one kernel row at a time, as per-sample layers do
+    # for memory, copies them: a gather of KW-long runs, 65 ms of ResNet-18's 2.5 s).
+    wt = w.reshape(G, g.f // G, -1).swapaxes(-1, -2)
+    dcols = np.matmul(wt, d).reshape(G, cg, g.kh, g.kw, g.n, g.out_h, g.out_w)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            share = dcols[:, :, i, j].reshape(g.c, g.n, g.out_h, g.out_w)
+            dwin[:, :, i, j] += share.swapaxes(0, 1)
     return _unpad(dxbuf, g), dw, db
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .activations import masked_gradient
 from .errors import ParameterError, ShapeError
 from .geometry import _check_shape
 from .op import (
@@ -134,7 +135,7 @@ def _clip_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tup
         inside &= x > low
     if high is not None:
         inside &= x < high
-    return (np.where(inside, dout, dout.dtype.type(0)),)
+    return (masked_gradient(dout, inside),)
 
 
 def _mask_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:

@@ -111,13 +111,13 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
     forward = buffer + wide + (g.f * (k + 1) if bias else 0)
     if _conv._batched(g):
         # One GEMM over the batch: compact columns, the GEMM's (F, N, ...) output before
-        # its transpose (forward); dout transposed, dW, one kernel row group's shares.
+        # its transpose (forward); dout transposed, dW, every kernel row's shares.
         # The bias add reads the GEMM output transposed: numpy's ufunc iterator may
         # buffer up to np.getbufsize() (8192) elements of it.
         pixels = g.n * g.out_h * g.out_w
         cols = g.groups * k * pixels
         forward = buffer + g.f * pixels + np.getbufsize()
-        backward = buffer + g.f * pixels + dw_rows + g.c * depth * g.kw * pixels + 2 * g.f * k
+        backward = buffer + g.f * pixels + dw_rows + g.c * g.kh * g.kw * pixels
     return Memory(cache=cols * isz, forward=forward * isz, backward=backward * isz)
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .activations import masked_gradient
 from .geometry import Pool2dGeometry, pool2d_geometry
 from .validation import as_float_array, check_dout
 
@@ -318,9 +319,8 @@ def _first_max(cells: list[np.ndarray], out: np.ndarray) -> np.ndarray:
 def _max_backward(dout: np.ndarray, g: Pool2dGeometry, first: np.ndarray) -> np.ndarray:
     if _tiles(g):
         dx = np.empty((g.n, g.c, g.h, g.w), dtype=dout.dtype)
-        zero = np.zeros((), dtype=dout.dtype)
         for i, (a, b) in enumerate(_offsets(g)):
-            _cell(dx, g, a, b)[...] = np.where(first == i, dout, zero)
+            _cell(dx, g, a, b)[...] = masked_gradient(dout, first == i)
         return dx
     # Position of each window's first maximum in the flattened padded input; bincount
     # then adds every dout to its position, so overlapping windows accumulate.

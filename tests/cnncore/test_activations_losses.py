@@ -15,6 +15,7 @@ from cnncore import (
     relu_forward,
     softmax_cross_entropy,
 )
+from cnncore.activations import masked_gradient
 from cnncore.gradcheck import assert_gradient
 from tests.helpers import assert_close
 
@@ -51,6 +52,33 @@ def test_relu_rejects(x: Any, error: type) -> None:
     with pytest.raises(error) as info:
         relu_forward(x)
     assert info.value.arg == "x"
+
+
+@pytest.mark.parametrize(
+    "special",
+    ["none", "inf-dropped", "nan-kept", "nan-dropped", "negative-dropped"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_gradient_is_np_where_bit_for_bit(
+    special: str, dtype: type, rng: np.random.Generator
+) -> None:
+    dout = rng.standard_normal((3, 4, 5)).astype(dtype)
+    keep = rng.random(dout.shape) < 0.5
+    dropped, kept = np.flatnonzero(~keep), np.flatnonzero(keep)
+    if special == "inf-dropped":
+        dout.flat[dropped[:2]] = [np.inf, -np.inf]
+    elif special == "nan-kept":
+        dout.flat[kept[0]] = np.nan
+    elif special == "nan-dropped":
+        dout.flat[dropped[0]] = np.nan
+    elif special == "negative-dropped":
+        dout.flat[dropped] = -np.abs(dout.flat[dropped])  # dout * 0 would be -0.0
+    got = masked_gradient(dout, keep)
+    want = np.where(keep, dout, dtype(0))
+    assert got.dtype == want.dtype
+    # The same bits: the value, NaN where NaN, and the sign of every zero (+0.0).
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
 
 
 def test_relu_backward_rejects_wrong_dout_shape() -> None:

@@ -158,6 +158,7 @@ def check_against_reference(
 def per_sample_gemms(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every layer as one GEMM per sample (the path that chunks the batch)."""
     monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (0, 0))
+    monkeypatch.setattr(conv_module, "_INFERENCE_BATCH_MAX_PIXELS", (0, 0))
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["per-sample", "whole-batch"])
@@ -174,6 +175,7 @@ def test_matches_reference(
 ) -> None:
     limit = 10**9 if batched else 0
     monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (limit, limit))
+    monkeypatch.setattr(conv_module, "_INFERENCE_BATCH_MAX_PIXELS", (limit, limit))
     geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
     assert conv_module._batched(geom) == (batched and geom.n > 1)
     x = rng.standard_normal(x_shape).astype(dtype)
