@@ -561,9 +561,18 @@ def _padded_buffer(x: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     hp, wp = g.padded_hw
     if (hp, wp) == (g.h, g.w) and _buffer_size(g) == x.size and x.flags.c_contiguous:
         return x.reshape(-1)  # read only: the windows of the forward pass are a view
-    buf = np.zeros(_buffer_size(g), dtype=x.dtype)
-    xp = buf[: g.n * g.c * hp * wp].reshape(g.n, g.c, hp, wp)
-    xp[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w] = x
+    # Zeros only where x does not go: the top and bottom rows (with the slack after the
+    # last plane), then the left and right columns of x's rows.
+    buf = np.empty(_buffer_size(g), dtype=x.dtype)
+    size = g.n * g.c * hp * wp
+    buf[size:] = 0
+    xp = buf[:size].reshape(g.n, g.c, hp, wp)
+    bottom, right = g.pt + g.h, g.pl + g.w
+    xp[:, :, : g.pt] = 0
+    xp[:, :, bottom:] = 0
+    xp[:, :, g.pt : bottom, : g.pl] = 0
+    xp[:, :, g.pt : bottom, right:] = 0
+    xp[:, :, g.pt : bottom, g.pl : right] = x
     return buf
 
 
