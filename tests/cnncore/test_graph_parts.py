@@ -680,7 +680,10 @@ def test_an_error_in_one_part_is_the_error_of_the_whole_batch(
 
 
 def blas_threads(threadpoolctl: Any) -> list[int]:
-    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    """The distinct thread counts of the loaded BLAS libraries (more than numpy's may be
+    loaded when the whole suite runs: scikit-learn's scipy, say)."""
+    infos = threadpoolctl.threadpool_info()
+    return sorted({i["num_threads"] for i in infos if i["user_api"] == "blas"})
 
 
 def release_openblas(threadpoolctl: Any) -> None:
