@@ -563,8 +563,9 @@ def _tracebacks(folder: Path) -> str:
 
 
 def _report(request: pytest.FixtureRequest, figures: dict[str, Any]) -> None:
-    if request.config.cache is not None:  # None under -p no:cacheprovider
-        request.config.cache.set("cnn-service/rolling", figures)
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is not None:
+        cache.set("cnn-service/rolling", figures)
 
     def phase(title: str, f: dict[str, Any]) -> str:
         drains = ", ".join(f"{s:.2f}" for s in f["drain_s"])
