@@ -202,6 +202,7 @@ def conv2d_inference(
     padding: Any = 0,
     dilation: Any = 1,
     groups: Any = 1,
+    relu: bool = False,
 ) -> np.ndarray:
     """:func:`conv2d_forward`'s output alone, for a pass no backward follows.
 
@@ -214,14 +215,18 @@ def conv2d_inference(
     ones did not, here), within the same round-off bound. Whole-batch layers
     (:func:`_batched`), and small layers whose chunks run on threads, compute as
     :func:`conv2d_forward` and drop its cache.
+
+    With ``relu``, the output is ``max(out, 0)``, each band (or sample) rectified while
+    it is still in cache: the graph's ReLU after a convolution, without a pass of its own.
     """
     x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
     if _batched(g, _INFERENCE_BATCH_MAX_PIXELS):
-        return _forward_batched(x, w, b, g)[0]
+        return _forward_batched(x, w, b, g, relu=relu)[0]
     if _threaded(g, len(_sample_chunks(g, slice(0, g.kh), x.itemsize))):
-        return conv2d_forward(
+        out = conv2d_forward(
             x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups
         )[0]
+        return np.maximum(out, 0, out=out) if relu else out
     G, ow = g.groups, g.out_w
     k = g.c // G * g.kh * g.kw
     rows = max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * ow * x.itemsize)))
@@ -241,7 +246,10 @@ def conv2d_inference(
             cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, ow)[...] = windows[
                 n, :, :, :, :, top:bottom
             ]
-            np.matmul(wmat, cols, out=grouped[n, :, :, top * ow : bottom * ow])
+            product = grouped[n, :, :, top * ow : bottom * ow]
+            np.matmul(wmat, cols, out=product)
+            if relu:
+                np.maximum(product, 0, out=product)
     return out
 
 
@@ -387,7 +395,7 @@ def _batched(g: Conv2dGeometry, limits: tuple[int, int] | None = None) -> bool:
 
 
 def _forward_batched(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry, *, relu: bool = False
 ) -> tuple[np.ndarray, Conv2dCache]:
     """:func:`conv2d_forward` as one GEMM ``W @ cols`` with ``cols`` of shape
     ``(G, C/G * KH * KW, N * out_h * out_w)`` (no junk columns).
@@ -408,10 +416,13 @@ def _forward_batched(
     gemm = np.matmul(w.reshape(G, fg, k), cols)  # (G, F/G, N * out_h * out_w)
     gemm = gemm.reshape(g.f, g.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
     out = np.empty(g.output_shape, dtype=x.dtype)
-    if b is None:
-        out[...] = gemm
-    else:
-        np.add(gemm, b.reshape(g.f, 1, 1), out=out)
+    for samples in [slice(n, n + 1) for n in range(g.n)] if relu else [slice(None)]:
+        if b is None:
+            out[samples] = gemm[samples]
+        else:
+            np.add(gemm[samples], b.reshape(g.f, 1, 1), out=out[samples])
+        if relu:  # conv2d_inference's: each sample while it is in cache
+            np.maximum(out[samples], 0, out=out[samples])
     cache = Conv2dCache(geom=g, cols=cols, w=w, has_bias=b is not None, batched=True)
     return out, cache
 

@@ -442,6 +442,16 @@ class Graph:
             if t in self._produced and t != self.output:
                 self._last_read[i].append(t)
         self._reaches: dict[tuple[str, ...], dict[str, bool]] = {}
+        readers = Counter(t for node in self.nodes for t in node.inputs)
+        self._relu_after: dict[int, int] = {  # node -> the ReLU that alone reads it
+            self.nodes.index(self._produced[node.inputs[0]]): j
+            for j, node in enumerate(self.nodes)
+            if node.op == "relu"
+            and node.inputs[0] in self._produced
+            and readers[node.inputs[0]] == 1
+            and node.inputs[0] != self.output
+            and self._ops[self.nodes.index(self._produced[node.inputs[0]])].fused_relu is not None
+        }
         if self.input_shape is not None:
             self.infer(tuple(1 if d == -1 else d for d in self.input_shape))
 
@@ -697,9 +707,17 @@ class Graph:
                 raise ParameterError(f'keep names "{name}", which is no node output', arg="keep")
         values: dict[str, np.ndarray] = {**self._sources, self.input: x}
         caches: list[Any] | None = [None] * len(self.nodes) if backward else None
+        fused: set[int] = set()  # ReLU nodes whose producer already rectified their input
         for i, (node, op, attrs) in enumerate(zip(self.nodes, self._ops, self._attrs, strict=True)):
             try:
-                if caches is None and op.overwrite is not None and self._owned(i, values, kept):
+                relu = self._relu_after.get(i) if caches is None else None
+                if i in fused:
+                    out, cache = values[node.inputs[0]], None
+                elif relu is not None and node.output not in kept:
+                    assert op.fused_relu is not None
+                    out, cache = op.fused_relu([values[t] for t in node.inputs], attrs), None
+                    fused.add(relu)
+                elif caches is None and op.overwrite is not None and self._owned(i, values, kept):
                     out, cache = op.overwrite([values[t] for t in node.inputs], attrs), None
                 elif caches is None and op.infer is not None:
                     out, cache = op.infer([values[t] for t in node.inputs], attrs), None
