@@ -40,6 +40,11 @@ long inner dimension) ran at half the BLAS rate, and ``np.matmul`` cannot
 accumulate into its output, so the forward pass pays an extra pass over the
 output per kernel offset.
 
+An inference pass needs no im2col matrix of the whole batch: :func:`conv2d_inference`
+builds the columns of a band of output rows at a time in one buffer that stays in
+cache, and multiplies them at once (ResNet-18's forward pass at batch 4 on one thread:
+330 -> 274-285 ms, and 60 MB less memory at its stem).
+
 The plain-loop twins that read like the tutorial are
 :func:`cnncore.reference.conv_forward_naive` and
 :func:`cnncore.reference.conv_backward_naive`.

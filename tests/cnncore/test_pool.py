@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
+from cnncore import pool as pool_module
 from cnncore.gradcheck import assert_gradient
 from cnncore.graph import Graph, Node
 from cnncore.pool import pool2d_backward, pool2d_forward, pool2d_inference
@@ -375,3 +376,26 @@ def test_backward_rejects_wrong_dout_shape(mode: str) -> None:
     with pytest.raises(CnnError) as info:
         pool2d_backward(np.zeros((1, 1, 4, 4)), cache)
     assert info.value.arg == "dout"
+
+
+@pytest.mark.parametrize("values", ["normal", "ties", "nan-inf"])
+@pytest.mark.parametrize("channels", [1, 2], ids=["block-of-1-channel", "blocks-of-2-and-1"])
+def test_max_pooling_by_blocks_of_channels_gives_the_same_bits(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, values: str, channels: int
+) -> None:
+    x = rng.standard_normal((2, 5, 9, 8))
+    if values == "ties":
+        x = rng.integers(0, 3, size=x.shape).astype(np.float64)
+    elif values == "nan-inf":
+        x.flat[rng.choice(x.size, size=x.size // 3, replace=False)] = -np.inf
+        x.flat[rng.choice(x.size, size=2, replace=False)] = np.nan
+    kwargs = {"kernel_size": 3, "stride": 2, "padding": 1, "mode": "max", "ceil_mode": True}
+    out, cache = pool2d_forward(x, **kwargs)  # one block per sample: 5 planes fit
+    dout = rng.standard_normal(out.shape)
+    dx = pool2d_backward(dout, cache)
+    monkeypatch.setattr(pool_module, "_BLOCK_BYTES", channels * 9 * 8 * 8)
+    assert len(pool_module._blocks(x, cache[0])) == 2 * -(-5 // channels)
+    blocked, blocked_cache = pool2d_forward(x, **kwargs)
+    np.testing.assert_array_equal(blocked, out)
+    np.testing.assert_array_equal(pool2d_inference(x, **kwargs), out)
+    np.testing.assert_array_equal(pool2d_backward(dout, blocked_cache), dx)
