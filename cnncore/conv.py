@@ -74,6 +74,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .activations import relu_into
 from .geometry import Conv2dGeometry, conv2d_geometry
 from .threads import WORKERS, map_threads
 from .validation import as_float_array, check_bias, check_dout, common_dtype
@@ -221,8 +222,8 @@ def conv2d_inference(
     (:func:`_batched`), and small layers whose chunks run on threads, compute as
     :func:`conv2d_forward` and drop its cache.
 
-    With ``relu``, the output is ``max(out, 0)``, each band (or sample) rectified while
-    it is still in cache: the graph's ReLU after a convolution, without a pass of its own.
+    With ``relu``, the output is ``max(out, 0)``, each sample rectified right after its
+    GEMMs, while it is still in cache: the graph's ReLU after a convolution.
     """
     x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
     if _batched(g, _INFERENCE_BATCH_MAX_PIXELS):
@@ -231,7 +232,7 @@ def conv2d_inference(
         out = conv2d_forward(
             x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups
         )[0]
-        return np.maximum(out, 0, out=out) if relu else out
+        return relu_into(out, out) if relu else out
     G, ow = g.groups, g.out_w
     k = g.c // G * g.kh * g.kw
     rows = max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * ow * x.itemsize)))
@@ -251,10 +252,9 @@ def conv2d_inference(
             cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, ow)[...] = windows[
                 n, :, :, :, :, top:bottom
             ]
-            product = grouped[n, :, :, top * ow : bottom * ow]
-            np.matmul(wmat, cols, out=product)
-            if relu:
-                np.maximum(product, 0, out=product)
+            np.matmul(wmat, cols, out=grouped[n, :, :, top * ow : bottom * ow])
+        if relu:  # the sample's output, whose last bands are still in cache
+            relu_into(out[n], out[n])
     return out
 
 
@@ -427,7 +427,7 @@ def _forward_batched(
         else:
             np.add(gemm[samples], b.reshape(g.f, 1, 1), out=out[samples])
         if relu:  # conv2d_inference's: each sample while it is in cache
-            np.maximum(out[samples], 0, out=out[samples])
+            relu_into(out[samples], out[samples])
     cache = Conv2dCache(geom=g, cols=cols, w=w, has_bias=b is not None, batched=True)
     return out, cache
 

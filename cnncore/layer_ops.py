@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import conv as _conv
-from .activations import relu_backward, relu_forward
+from .activations import relu_backward, relu_forward, relu_into
 from .conv import conv2d_backward, conv2d_forward, conv2d_inference
 from .errors import ParameterError, ShapeError
 from .geometry import (
@@ -354,7 +354,7 @@ def _relu_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[
 
 
 def _relu_overwrite(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-    return np.maximum(inputs[0], 0, out=inputs[0])
+    return relu_into(inputs[0], inputs[0])
 
 
 def _relu_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:

@@ -11,6 +11,7 @@ from cnncore import (
     DtypeError,
     ParameterError,
     ShapeError,
+    activations,
     relu_backward,
     relu_forward,
     softmax_cross_entropy,
@@ -79,6 +80,26 @@ def test_masked_gradient_is_np_where_bit_for_bit(
     # The same bits: the value, NaN where NaN, and the sign of every zero (+0.0).
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "in-place", "strided"])
+@pytest.mark.parametrize("size", [3, 7 * 5 + 3], ids=["one-block", "blocks-and-a-short-one"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_into_is_np_maximum_bit_for_bit(
+    layout: str, size: int, dtype: type, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(activations, "_ZERO_BLOCK", 7)
+    monkeypatch.setattr(activations, "_zeros", {})
+    x = rng.standard_normal((2, size)).astype(dtype)
+    x[:, :3] = [[np.nan, -np.nan, -0.0], [0.0, np.inf, -np.inf]]
+    want = np.maximum(x, 0)
+    if layout == "strided":
+        x, want = x[:, ::2], want[:, ::2]
+    out = x if layout == "in-place" else np.empty_like(x)
+    got = activations.relu_into(x, out)
+    assert got is out
+    np.testing.assert_array_equal(got, want)  # NaN where NaN
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))  # -NaN stays, -0.0 -> +0.0
 
 
 def test_relu_backward_rejects_wrong_dout_shape() -> None:
