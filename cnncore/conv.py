@@ -176,11 +176,9 @@ def conv2d_forward(
     # The bias rides in the GEMM (see the module docstring).
     k = g.c // G * g.kh * g.kw
     cols = np.empty((g.n, G, k + (b is not None), g.out_h * lw), dtype=dtype)
-    windows = _windows(_padded_buffer(x, g), g)
-    shape = (g.n, G, g.c // G, *windows.shape[2:])  # (N, G, C/G, KH, KW, out_h, L)
-    receptive = cols[:, :, :k].reshape(shape)
+    parts = _window_parts(_padded_buffer(x, g), g)  # of (N, G, C/G, KH, KW, out_h, L)
+    receptive = cols[:, :, :k].reshape(g.n, G, g.c // G, g.kh, g.kw, g.out_h, lw)
     assert np.may_share_memory(receptive, cols)  # a view: only the K axis was split
-    windows = windows.reshape(shape)
     wmat = w.reshape(G, g.f // G, k)
     if b is not None:
         cols[:, :, k] = 1
@@ -189,7 +187,8 @@ def conv2d_forward(
 
     def forward_chunk(samples: slice) -> None:
         # A chunk of samples at a time, so that the GEMM reads columns still in cache.
-        receptive[samples] = windows[samples]
+        for taps, windows in parts:
+            receptive[samples, :, :, :, taps] = windows[samples]
         np.matmul(wmat, cols[samples], out=out[samples])
 
     _map_chunks(forward_chunk, _sample_chunks(g, slice(0, g.kh), dtype.itemsize), g)
@@ -241,17 +240,16 @@ def conv2d_inference(
     if b is not None:
         band[:, k] = 1
         wmat = np.concatenate([wmat, b.reshape(G, g.f // G, 1)], axis=-1)
-    windows = _windows(_padded_buffer(x, g), g)[..., :ow]
-    windows = windows.reshape(g.n, G, g.c // G, *windows.shape[2:])  # (N, G, C/G, KH, KW, oh, ow)
+    parts = _window_parts(_padded_buffer(x, g), g)  # of (N, G, C/G, KH, KW, oh, L)
     out = np.empty(g.output_shape, dtype=x.dtype)
     grouped = out.reshape(g.n, G, g.f // G, g.out_h * ow)
     for n in range(g.n):
         for top in range(0, g.out_h, rows):
             bottom = min(top + rows, g.out_h)
             cols = band[:, :, : (bottom - top) * ow]
-            cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, ow)[...] = windows[
-                n, :, :, :, :, top:bottom
-            ]
+            receptive = cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, ow)
+            for taps, windows in parts:
+                receptive[:, :, :, taps] = windows[n, :, :, :, :, top:bottom, :ow]
             np.matmul(wmat, cols, out=grouped[n, :, :, top * ow : bottom * ow])
         if relu:  # the sample's output, whose last bands are still in cache
             relu_into(out[n], out[n])
@@ -412,11 +410,9 @@ def _forward_batched(
     G, fg, cg = g.groups, g.f // g.groups, g.c // g.groups
     k = cg * g.kh * g.kw
     cols = np.empty((G, k, g.n, g.out_h, g.out_w), dtype=x.dtype)
-    windows = _windows(_padded_buffer(x, g), g)[..., : g.out_w]  # (N, C, KH, KW, oh, ow)
-    windows = windows.reshape(g.n, G, cg, g.kh, g.kw, g.out_h, g.out_w)
-    cols.reshape(G, cg, g.kh, g.kw, g.n, g.out_h, g.out_w)[...] = windows.transpose(
-        1, 2, 3, 4, 0, 5, 6
-    )
+    receptive = cols.reshape(G, cg, g.kh, g.kw, g.n, g.out_h, g.out_w)
+    for taps, windows in _window_parts(_padded_buffer(x, g), g):
+        receptive[:, :, :, taps] = windows[..., : g.out_w].transpose(1, 2, 3, 4, 0, 5, 6)
     cols = cols.reshape(G, k, g.n * g.out_h * g.out_w)
     gemm = np.matmul(w.reshape(G, fg, k), cols)  # (G, F/G, N * out_h * out_w)
     gemm = gemm.reshape(g.f, g.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
@@ -597,6 +593,39 @@ def _unpad(buf: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     hp, wp = g.padded_hw
     xp = buf[: g.n * g.c * hp * wp].reshape(g.n, g.c, hp, wp)
     return np.ascontiguousarray(xp[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w])
+
+
+def _window_parts(buf: np.ndarray, g: Conv2dGeometry) -> list[tuple[slice, np.ndarray]]:
+    """The receptive fields as ``(taps, windows)`` pairs: ``windows`` of shape
+    ``(N, G, C/G, KH, len(taps), out_h, L)`` holds the kernel columns ``taps``.
+
+    With a horizontal stride of 1 (or a dilation), that is :func:`_windows` whole. With a
+    stride ``sw > 1``, neighbouring window cells are ``sw`` values apart, and numpy copies
+    them one by one; so the padded input is first split into ``sw`` phases of its columns
+    (column ``c`` goes to phase ``c % sw``, position ``c // sw``), one pass, and kernel
+    columns ``r, r + sw, ...`` read phase ``r`` at unit stride. The stem of ResNet-18
+    (7x7, stride 2, 3 channels), batch 4: its columns' copies 3.2 -> 1.9 ms.
+    """
+    G, cg = g.groups, g.c // g.groups
+    if g.sw == 1 or g.dw != 1:
+        windows = _windows(buf, g)
+        return [(slice(None), windows.reshape(g.n, G, cg, *windows.shape[2:]))]
+    hp, wp = g.padded_hw
+    xp = buf[: g.n * g.c * hp * wp].reshape(g.n, g.c, hp, wp)
+    q = -(-wp // g.sw)
+    phases = np.empty((g.sw, g.n, g.c, hp, q), dtype=buf.dtype)
+    e = buf.itemsize
+    parts = []
+    for r in range(min(g.sw, g.kw)):
+        count = len(range(r, wp, g.sw))
+        phases[r, ..., :count] = xp[..., r :: g.sw]
+        # Kernel column r + m*sw of window column l reads padded column (l + m)*sw + r.
+        taps = len(range(r, g.kw, g.sw))
+        shape = (g.n, G, cg, g.kh, taps, g.out_h, g.out_w)
+        strides = (g.c * hp * q, cg * hp * q, hp * q, g.dh * q, 1, g.sh * q, 1)
+        view = as_strided(phases[r], shape, tuple(st * e for st in strides), writeable=False)
+        parts.append((slice(r, None, g.sw), view))
+    return parts
 
 
 def _windows(buf: np.ndarray, g: Conv2dGeometry, *, writeable: bool = False) -> np.ndarray:

@@ -89,8 +89,9 @@ def _conv_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tup
 
 
 def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
-    """The im2col matrix (cache), the padded input and wide rows (forward), and the
-    backward's padded dx buffer, per-chunk dW partials and dX shares (see conv.py)."""
+    """The im2col matrix (cache), the padded input, its column phases (stride > 1, see
+    conv._window_parts) and wide rows (forward), and the backward's padded dx buffer,
+    per-chunk dW partials and dX shares (see conv.py)."""
     g = _conv_geometry(shapes, attrs)
     lw = _conv._row_len(g)
     bias = int(g.bias)
@@ -112,7 +113,9 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
         + threads * (per_chunk * dw_rows + shares)  # one chunk's dW GEMM and dX shares
         + 2 * g.f * k  # the kernel rows as GEMM operands; dW cut from the bias column
     )
-    forward = buffer + wide + (g.f * (k + 1) if bias else 0)
+    hp, wp = g.padded_hw
+    phases = g.sw * g.n * g.c * hp * -(-wp // g.sw) if g.sw > 1 and g.dw == 1 else 0
+    forward = buffer + phases + wide + (g.f * (k + 1) if bias else 0)
     if _conv._batched(g):
         # One GEMM over the batch: compact columns, the GEMM's (F, N, ...) output before
         # its transpose (forward); dout transposed, dW, every kernel row's shares.
@@ -120,7 +123,7 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
         # buffer up to np.getbufsize() (8192) elements of it.
         pixels = g.n * g.out_h * g.out_w
         cols = g.groups * k * pixels
-        forward = buffer + g.f * pixels + np.getbufsize()
+        forward = buffer + phases + g.f * pixels + np.getbufsize()
         backward = buffer + g.f * pixels + dw_rows + g.c * g.kh * g.kw * pixels
     return Memory(cache=cols * isz, forward=forward * isz, backward=backward * isz)
 
