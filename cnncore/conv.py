@@ -74,7 +74,6 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .activations import relu_into
 from .geometry import Conv2dGeometry, conv2d_geometry
 from .threads import WORKERS, map_threads
 from .validation import as_float_array, check_bias, check_dout, common_dtype
@@ -172,17 +171,20 @@ def conv2d_forward(
     x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
     if _batched(g):
         return _forward_batched(x, w, b, g)
+    return _forward_per_sample(x, w, b, g)
+
+
+def _forward_per_sample(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry
+) -> tuple[np.ndarray, Conv2dCache]:
+    """:func:`conv2d_forward` as one GEMM per sample, over chunks of the batch."""
     G, lw, dtype = g.groups, _row_len(g), x.dtype
-    # The bias rides in the GEMM (see the module docstring).
     k = g.c // G * g.kh * g.kw
     cols = np.empty((g.n, G, k + (b is not None), g.out_h * lw), dtype=dtype)
     parts = _window_parts(_padded_buffer(x, g), g)  # of (N, G, C/G, KH, KW, out_h, L)
     receptive = cols[:, :, :k].reshape(g.n, G, g.c // G, g.kh, g.kw, g.out_h, lw)
     assert np.may_share_memory(receptive, cols)  # a view: only the K axis was split
-    wmat = w.reshape(G, g.f // G, k)
-    if b is not None:
-        cols[:, :, k] = 1
-        wmat = np.concatenate([wmat, b.reshape(G, g.f // G, 1)], axis=-1)
+    wmat = _gemm_kernel(w, b, g, cols[:, :, k:])
     out = np.empty((g.n, G, g.f // G, g.out_h * lw), dtype=dtype)
 
     def forward_chunk(samples: slice) -> None:
@@ -207,7 +209,6 @@ def conv2d_inference(
     padding: Any = 0,
     dilation: Any = 1,
     groups: Any = 1,
-    relu: bool = False,
 ) -> np.ndarray:
     """:func:`conv2d_forward`'s output alone, for a pass no backward follows.
 
@@ -220,26 +221,17 @@ def conv2d_inference(
     ones did not, here), within the same round-off bound. Whole-batch layers
     (:func:`_batched`), and small layers whose chunks run on threads, compute as
     :func:`conv2d_forward` and drop its cache.
-
-    With ``relu``, the output is ``max(out, 0)``, each sample rectified right after its
-    GEMMs, while it is still in cache: the graph's ReLU after a convolution.
     """
     x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
     if _batched(g, _INFERENCE_BATCH_MAX_PIXELS):
-        return _forward_batched(x, w, b, g, relu=relu)[0]
+        return _forward_batched(x, w, b, g)[0]
     if _threaded(g, len(_sample_chunks(g, slice(0, g.kh), x.itemsize))):
-        out = conv2d_forward(
-            x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups
-        )[0]
-        return relu_into(out, out) if relu else out
+        return _forward_per_sample(x, w, b, g)[0]
     G, ow = g.groups, g.out_w
     k = g.c // G * g.kh * g.kw
     rows = max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * ow * x.itemsize)))
     band = np.empty((G, k + (b is not None), rows * ow), dtype=x.dtype)
-    wmat = w.reshape(G, g.f // G, k)
-    if b is not None:
-        band[:, k] = 1
-        wmat = np.concatenate([wmat, b.reshape(G, g.f // G, 1)], axis=-1)
+    wmat = _gemm_kernel(w, b, g, band[:, k:])
     parts = _window_parts(_padded_buffer(x, g), g)  # of (N, G, C/G, KH, KW, oh, L)
     out = np.empty(g.output_shape, dtype=x.dtype)
     grouped = out.reshape(g.n, G, g.f // G, g.out_h * ow)
@@ -251,9 +243,20 @@ def conv2d_inference(
             for taps, windows in parts:
                 receptive[:, :, :, taps] = windows[n, :, :, :, :, top:bottom, :ow]
             np.matmul(wmat, cols, out=grouped[n, :, :, top * ow : bottom * ow])
-        if relu:  # the sample's output, whose last bands are still in cache
-            relu_into(out[n], out[n])
     return out
+
+
+def _gemm_kernel(
+    w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry, ones: np.ndarray
+) -> np.ndarray:
+    """The kernel as GEMM operands ``(G, F/G, C/G * KH * KW [+ 1])``; with a bias, the bias
+    is its last column and ``ones`` (the row of the columns it multiplies) is set to 1,
+    so that the GEMM adds it (see the module docstring)."""
+    wmat = w.reshape(g.groups, g.f // g.groups, -1)
+    if b is None:
+        return wmat
+    ones[...] = 1
+    return np.concatenate([wmat, b.reshape(g.groups, g.f // g.groups, 1)], axis=-1)
 
 
 def _prepare(
@@ -398,7 +401,7 @@ def _batched(g: Conv2dGeometry, limits: tuple[int, int] | None = None) -> bool:
 
 
 def _forward_batched(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry, *, relu: bool = False
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry
 ) -> tuple[np.ndarray, Conv2dCache]:
     """:func:`conv2d_forward` as one GEMM ``W @ cols`` with ``cols`` of shape
     ``(G, C/G * KH * KW, N * out_h * out_w)`` (no junk columns).
@@ -417,13 +420,10 @@ def _forward_batched(
     gemm = np.matmul(w.reshape(G, fg, k), cols)  # (G, F/G, N * out_h * out_w)
     gemm = gemm.reshape(g.f, g.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
     out = np.empty(g.output_shape, dtype=x.dtype)
-    for samples in [slice(n, n + 1) for n in range(g.n)] if relu else [slice(None)]:
-        if b is None:
-            out[samples] = gemm[samples]
-        else:
-            np.add(gemm[samples], b.reshape(g.f, 1, 1), out=out[samples])
-        if relu:  # conv2d_inference's: each sample while it is in cache
-            relu_into(out[samples], out[samples])
+    if b is None:
+        out[...] = gemm
+    else:
+        np.add(gemm, b.reshape(g.f, 1, 1), out=out)
     cache = Conv2dCache(geom=g, cols=cols, w=w, has_bias=b is not None, batched=True)
     return out, cache
 

@@ -35,10 +35,8 @@ ResNet-18 at batch 8 on two cores: forward 450 -> 359 ms, forward + backward 186
 1194 ms, against BLAS's own two threads under one whole-batch pass.
 
 An inference pass (``forward(x, backward=False)``) keeps no caches, and so may reuse
-memory: a ReLU that alone reads a convolution's output is applied by the convolution
-while each band of it is in cache (:attr:`cnncore.op.Op.fused_relu`), and a ReLU, Clip
-or Add writes into an input that is the engine's own and dead after it
-(:attr:`cnncore.op.Op.overwrite`, :meth:`Graph._owned`).
+memory: a ReLU, Clip or Add writes into an input that is the engine's own and dead
+after it (:attr:`cnncore.op.Op.overwrite`, :meth:`Graph._owned`).
 
 The sequential network of :mod:`cnncore.network` is a chain of this graph.
 """
@@ -447,6 +445,7 @@ class Graph:
         ]
         self._infos: dict[tuple[Shape, bool], GraphInfo] = {}
         self._sources = {**self.params, **self.constants}
+        self._source_ids = {id(v) for v in self._sources.values()}  # for Graph._owned
         last: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             for t in node.inputs:
@@ -456,16 +455,6 @@ class Graph:
             if t in self._produced and t != self.output:
                 self._last_read[i].append(t)
         self._reaches: dict[tuple[str, ...], dict[str, bool]] = {}
-        readers = Counter(t for node in self.nodes for t in node.inputs)
-        self._relu_after: dict[int, int] = {  # node -> the ReLU that alone reads it
-            self.nodes.index(self._produced[node.inputs[0]]): j
-            for j, node in enumerate(self.nodes)
-            if node.op == "relu"
-            and node.inputs[0] in self._produced
-            and readers[node.inputs[0]] == 1
-            and node.inputs[0] != self.output
-            and self._ops[self.nodes.index(self._produced[node.inputs[0]])].fused_relu is not None
-        }
         if self.input_shape is not None:
             self.infer(tuple(1 if d == -1 else d for d in self.input_shape))
 
@@ -721,17 +710,9 @@ class Graph:
                 raise ParameterError(f'keep names "{name}", which is no node output', arg="keep")
         values: dict[str, np.ndarray] = {**self._sources, self.input: x}
         caches: list[Any] | None = [None] * len(self.nodes) if backward else None
-        fused: set[int] = set()  # ReLU nodes whose producer already rectified their input
         for i, (node, op, attrs) in enumerate(zip(self.nodes, self._ops, self._attrs, strict=True)):
             try:
-                relu = self._relu_after.get(i) if caches is None else None
-                if i in fused:
-                    out, cache = values[node.inputs[0]], None
-                elif relu is not None and node.output not in kept:
-                    assert op.fused_relu is not None
-                    out, cache = op.fused_relu([values[t] for t in node.inputs], attrs), None
-                    fused.add(relu)
-                elif caches is None and op.overwrite is not None and self._owned(i, values, kept):
+                if caches is None and op.overwrite is not None and self._owned(i, values, kept):
                     out, cache = op.overwrite([values[t] for t in node.inputs], attrs), None
                 elif caches is None and op.infer is not None:
                     out, cache = op.infer([values[t] for t in node.inputs], attrs), None
@@ -772,7 +753,7 @@ class Graph:
         a = values[t]
         if not (a.flags.owndata and a.flags.writeable) or a is values[self.input]:
             return False
-        if any(a is v for v in self._sources.values()):
+        if id(a) in self._source_ids:
             return False
         return not any(
             np.may_share_memory(a, v)

@@ -79,10 +79,6 @@ def _conv_infer(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarr
     return conv2d_inference(*inputs, **attrs)
 
 
-def _conv_fused_relu(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-    return conv2d_inference(*inputs, **attrs, relu=True)
-
-
 def _conv_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
     dx, dw, db = conv2d_backward(dout, cache)
     return (dx, dw, db)[: len(needs)]
@@ -139,7 +135,6 @@ CONV2D = Op(
     backward=_conv_backward,
     memory=_conv_memory,
     infer=_conv_infer,
-    fused_relu=_conv_fused_relu,
     per_sample=first_only,
 )
 

@@ -96,9 +96,6 @@ class Op:
     overwrite
         Optional ``overwrite(inputs, attrs) -> out``: ``infer`` with the output written
         into ``inputs[0]`` when it fits there, returned (module docstring).
-    fused_relu
-        Optional ``fused_relu(inputs, attrs) -> out``: ``max(infer(...), 0)`` in one pass,
-        for a ReLU node that is the only reader of this node's output.
     """
 
     name: str
@@ -111,7 +108,6 @@ class Op:
     infer: Callable[[Sequence[np.ndarray], dict[str, Any]], np.ndarray] | None = None
     per_sample: Callable[[Sequence[Shape], tuple[bool, ...], dict[str, Any]], bool] | None = None
     overwrite: Callable[[Sequence[np.ndarray], dict[str, Any]], np.ndarray] | None = None
-    fused_relu: Callable[[Sequence[np.ndarray], dict[str, Any]], np.ndarray] | None = None
     attr_names: tuple[str, ...] = ()
     optional: int = 0
     variadic: bool = False

@@ -57,23 +57,28 @@ WORKERS = _worker_count()
 """Threads of :func:`map_threads` (read at import, as OpenBLAS reads its variables)."""
 
 _executor: ThreadPoolExecutor | None = None
+_pool_size = 0
 _executor_lock = threading.Lock()
 _local = threading.local()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The shared pool (the calling thread is the last worker), created on first use."""
-    global _executor
+    """The shared pool of ``workers - 1`` threads (the calling thread is the last worker),
+    created on first use, and replaced by a larger one if a call wants more."""
+    global _executor, _pool_size
     with _executor_lock:
-        if _executor is None or _executor._max_workers < workers - 1:
-            _executor = ThreadPoolExecutor(max(1, workers - 1), thread_name_prefix="cnncore")
+        if _executor is None or _pool_size < workers - 1:
+            if _executor is not None:
+                _executor.shutdown(wait=False)  # its threads end once idle
+            _pool_size = max(1, workers - 1)
+            _executor = ThreadPoolExecutor(_pool_size, thread_name_prefix="cnncore")
         return _executor
 
 
 def _forget_pool() -> None:
     """In a forked child the parent's pool threads do not exist: start a new pool."""
-    global _executor, _executor_lock, _blas_lock, _blas_users, _blas_limit
-    _executor, _executor_lock = None, threading.Lock()
+    global _executor, _executor_lock, _pool_size, _blas_lock, _blas_users, _blas_limit
+    _executor, _executor_lock, _pool_size = None, threading.Lock(), 0
     _blas_lock, _blas_users, _blas_limit = threading.Lock(), 0, None
 
 

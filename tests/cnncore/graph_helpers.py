@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pytest
 
 from cnncore.gradcheck import assert_gradient
-from cnncore.graph import Graph, Node
+from cnncore.graph import Graph, GraphError, Node
 
 
 def one_node(
@@ -60,3 +61,25 @@ def check_gradients(
     for name, analytic in grads.items():
         assert analytic.shape == arrays[name].shape
         assert_gradient(lambda: g.forward(x)[0], arrays[name], analytic, dout)
+
+
+def assert_refused(
+    op: str,
+    shapes: list[tuple[int, ...]],
+    attrs: Mapping[str, Any],
+    arg: str | None,
+    message: str,
+    names: tuple[str, ...] | None = None,
+) -> None:
+    """Building the one-node graph of ``op`` and inferring its shapes (the first input
+    of ``shapes[0]``, parameters of the others) raises a GraphError naming the node,
+    whose detail starts with ``message`` and whose ``arg`` is ``arg`` (unless None)."""
+    names = names or tuple(f"t{i}" for i in range(len(shapes)))
+    params = {k: np.zeros(s) for k, s in zip(names[1:], shapes[1:], strict=True)}
+    with pytest.raises(GraphError) as info:
+        Graph([Node("n", op, names, "out", dict(attrs))], params=params, input=names[0]).infer(
+            shapes[0]
+        )
+    assert str(info.value).startswith(f'node "n" ({op}): {message}')
+    if arg is not None:
+        assert info.value.arg == arg

@@ -270,28 +270,6 @@ def test_inference_in_bands_of_output_rows(
     assert_close(out, ref_out, bound=conv_magnitudes(x, w, b, dout, kwargs)["out"])
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["bands", "whole-batch"])
-@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), [GRID[0], GRID[7], GRID[15]])
-def test_inference_with_relu_rectifies_the_same_sums(
-    x_shape: tuple[int, ...],
-    w_shape: tuple[int, ...],
-    kwargs: dict[str, Any],
-    batched: bool,
-    rng: np.random.Generator,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    limit = 10**9 if batched else 0
-    monkeypatch.setattr(conv_module, "_INFERENCE_BATCH_MAX_PIXELS", (limit, limit))
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    b = rng.standard_normal(w_shape[0]).astype(np.float32)
-    plain = conv2d_inference(x, w, b, **kwargs)
-    assert (plain < 0).any()
-    np.testing.assert_array_equal(
-        conv2d_inference(x, w, b, **kwargs, relu=True), np.maximum(plain, 0)
-    )
-
-
 # Layers whose chunks of the batch run on the module's threads (conv._map_chunks):
 # float64 chunks of two samples, several of them, with a short last chunk.
 THREADED = [

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnncore.graph import Graph, GraphError, Node
-from tests.cnncore.graph_helpers import check_gradients, one_node, run
+from cnncore.graph import GraphError
+from tests.cnncore.graph_helpers import assert_refused, check_gradients, one_node, run
 
 # float64: a handful of operations per element (a mean over <= 64 terms), so a few
 # ulps of values of order 1. float32: the same with eps 1.2e-7, times <= 64 terms.
@@ -288,15 +288,4 @@ REFUSED = [
 
 @pytest.mark.parametrize(("op", "shapes", "attrs", "arg", "message"), REFUSED)
 def test_refused(op: str, shapes: list, attrs: dict, arg: str, message: str) -> None:
-    names = [f"t{i}" for i in range(len(shapes))]
-
-    def build_and_infer() -> None:
-        params = {k: np.ones(s) for k, s in zip(names[1:], shapes[1:], strict=True)}
-        Graph([Node("n", op, tuple(names), "out", attrs)], params=params, input="t0").infer(
-            shapes[0]
-        )
-
-    with pytest.raises(GraphError) as info:
-        build_and_infer()
-    assert str(info.value).startswith(f'node "n" ({op}): {message}')
-    assert info.value.arg == arg
+    assert_refused(op, shapes, attrs, arg, message)

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 import cnncore
-from cnncore.graph import Graph, GraphError, Node
-from tests.cnncore.graph_helpers import check_gradients, one_node, run
+from tests.cnncore.graph_helpers import assert_refused, check_gradients, one_node, run
 
 # float32 against a float64 oracle: each output is a sum of at most ~100 products of
 # values of order 1, so rounding is within ~100 * 6e-8 of the sum of |terms| (~10).
@@ -343,15 +342,4 @@ REFUSED = [
 
 @pytest.mark.parametrize(("op", "shapes", "attrs", "arg", "message"), REFUSED)
 def test_refused(op: str, shapes: list, attrs: dict, arg: str | None, message: str) -> None:
-    names = ["x", "w", "b"][: len(shapes)]
-
-    def build_and_infer() -> None:
-        params = {k: np.zeros(s) for k, s in zip(names[1:], shapes[1:], strict=True)}
-        Graph([Node("n", op, tuple(names), "out", attrs)], params=params).infer(shapes[0])
-
-    with pytest.raises(GraphError) as info:
-        build_and_infer()
-    assert message in str(info.value)
-    assert str(info.value).startswith(f'node "n" ({op}): ')
-    if arg is not None:
-        assert info.value.arg == arg
+    assert_refused(op, shapes, attrs, arg, message, names=("x", "w", "b")[: len(shapes)])

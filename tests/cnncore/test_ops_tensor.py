@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnncore.graph import Graph, GraphError, Node
-from tests.cnncore.graph_helpers import check_gradients, run
+from tests.cnncore.graph_helpers import assert_refused, check_gradients, run
 
 # Products of K <= 6 terms of order 1: float64 within a few ulps, float32 within
 # ~K * 6e-8 of the sum of |terms| (<= ~10).
@@ -292,15 +291,4 @@ REFUSED = [
 
 @pytest.mark.parametrize(("op", "shapes", "attrs", "arg", "message"), REFUSED)
 def test_refused(op: str, shapes: list, attrs: dict, arg: str, message: str) -> None:
-    names = [f"t{i}" for i in range(len(shapes))]
-
-    def build_and_infer() -> None:
-        params = {k: np.ones(s) for k, s in zip(names[1:], shapes[1:], strict=True)}
-        Graph([Node("n", op, tuple(names), "out", attrs)], params=params, input="t0").infer(
-            shapes[0]
-        )
-
-    with pytest.raises(GraphError) as info:
-        build_and_infer()
-    assert str(info.value).startswith(f'node "n" ({op}): {message}')
-    assert info.value.arg == arg
+    assert_refused(op, shapes, attrs, arg, message)
