@@ -600,9 +600,53 @@ def test_readme_model_and_answers(tmp_path: Path) -> None:
         labels = {"name": "labels", "datatype": "INT64", "shape": [1], "data": [1]}
         out = decode(post_json(c, "tiny", {"inputs": [x]}))
         loss = decode(post_json(c, "tiny", {"inputs": [x, labels], "outputs": [{"name": "loss"}]}))
-    # The README prints float32 results rounded to 7-8 digits: half a unit of the last one.
-    np.testing.assert_allclose(out["out"], [[3.2200003, 4.1500006]], rtol=0, atol=5e-7)
-    np.testing.assert_allclose(loss["loss"], [0.3325744], rtol=0, atol=5e-8)
+    exact, magnitude = _readme_model_exact(orjson.loads(doc), np.arange(16.0).reshape(4, 4))
+    # float32 round-off, by the standard dot-product bound: the output is a dot product of
+    # length 9 (linear, with its bias) of values that are themselves dot products of
+    # length 10 (3x3 conv with its bias); ReLU and max pooling are exact and 1-Lipschitz.
+    # So |out - exact| <= gamma_19 * (the same network on |x| and |weights|), u = 2^-24.
+    # Which of the admissible roundings a CPU takes depends on its BLAS kernel's summation
+    # order (the README was printed on an AVX2 machine, another gives 1 ulp less).
+    u = 2.0**-24
+    bound = 19 * u / (1 - 19 * u) * magnitude
+    np.testing.assert_array_less(np.abs(out["out"][0] - exact), bound)
+    # The README prints results to 8 digits: within half a unit of the last one plus the bound.
+    np.testing.assert_array_less(np.abs(np.array([3.2200003, 4.1500006]) - exact), bound + 5e-8)
+    # loss = log(sum exp(out - max)) + max - out[1]: 2 * the output error (through max and
+    # out[1]; the log-sum-exp is 1-Lipschitz in the max norm), plus the float32 ops of the
+    # loss itself, each at most 4 ulp of its operands' magnitude (numpy's float32 exp and
+    # log are within 4 ulp), with max|out| + 1 bounding every operand.
+    z = exact - exact.max()
+    loss_exact = np.log(np.exp(z).sum()) - z[1]
+    loss_bound = 2 * bound.max() + 6 * 4 * u * (np.abs(exact).max() + 1)
+    assert abs(float(loss["loss"][0]) - loss_exact) < loss_bound
+    assert abs(0.3325744 - loss_exact) < loss_bound + 5e-8
+
+
+def _readme_model_exact(doc: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The README model's output for one 4x4 image in float64 from its float32 weights (so
+    exact to about 1e-16), and the same network on |x| and |weights| (the round-off scale)."""
+
+    def weights(v: Any) -> np.ndarray:
+        if isinstance(v, dict):
+            v = v["data"]
+        return np.asarray(v, dtype=np.float32).astype(np.float64)
+
+    conv, lin = doc["layers"][0], doc["layers"][4]
+    w1, b1, w2, b2 = weights(conv["w"]), weights(conv["b"]), weights(lin["w"]), weights(lin["b"])
+
+    def run(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray):
+        xp = np.pad(x, 1)
+        h = np.array(
+            [
+                [[(xp[i : i + 3, j : j + 3] * w1[f, 0]).sum() + b1[f] for j in range(4)] for i in range(4)]
+                for f in range(2)
+            ]
+        )
+        h = np.maximum(h, 0).reshape(2, 2, 2, 2, 2).max(axis=(2, 4))  # relu, 2x2 max pool
+        return h.reshape(-1) @ w2 + b2
+
+    return run(x, w1, b1, w2, b2), run(np.abs(x), np.abs(w1), np.abs(b1), np.abs(w2), np.abs(b2))
 
 
 def test_working_memory_budget(repo: Path, x: np.ndarray) -> None:
