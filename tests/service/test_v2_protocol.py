@@ -639,7 +639,10 @@ def _readme_model_exact(doc: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray,
         xp = np.pad(x, 1)
         h = np.array(
             [
-                [[(xp[i : i + 3, j : j + 3] * w1[f, 0]).sum() + b1[f] for j in range(4)] for i in range(4)]
+                [
+                    [(xp[i : i + 3, j : j + 3] * w1[f, 0]).sum() + b1[f] for j in range(4)]
+                    for i in range(4)
+                ]
                 for f in range(2)
             ]
         )
