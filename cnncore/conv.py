@@ -40,10 +40,17 @@ long inner dimension) ran at half the BLAS rate, and ``np.matmul`` cannot
 accumulate into its output, so the forward pass pays an extra pass over the
 output per kernel offset.
 
-An inference pass needs no im2col matrix of the whole batch: :func:`conv2d_inference`
-builds the columns of a band of output rows at a time in one buffer that stays in
-cache, and multiplies them at once (ResNet-18's forward pass at batch 4 on one thread:
-330 -> 274-285 ms, and 60 MB less memory at its stem).
+A large per-sample layer never holds the im2col matrix of the whole batch: the forward
+pass builds the columns of a band of output rows at a time in one buffer that stays in
+cache, and multiplies them at once (:func:`_forward_in_bands`; ResNet-18's inference
+pass at batch 4 on one thread: 330 -> 274-285 ms, and 60 MB less memory at its stem).
+For training it keeps only the padded input, and the backward pass builds each band's
+columns again for ``dW`` (:func:`_dw_in_bands`): one more copy of the columns, but made
+in cache, where keeping them meant writing them to memory and reading them back
+(ResNet-18, batch 8, float32, forward + backward on two cores: 1028 -> 908 ms, the
+minimum of 8 runs each, alternated; the columns of its 56x56 and 112x112 layers,
+about 300 MB, are no longer held). Layers computed as one GEMM over the whole batch
+(:func:`_batched`) or in chunks on threads (:func:`_small_chunks`) keep their columns.
 
 The plain-loop twins that read like the tutorial are
 :func:`cnncore.reference.conv_forward_naive` and
@@ -67,7 +74,7 @@ and their upstream gradient is zero, so they contribute nothing to ``dW`` or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -94,7 +101,9 @@ class Conv2dCache:
     cols
         The im2col matrix, shape ``(N, G, C/G * KH * KW + bias, out_h * L)``, whose
         last row is ones when there is a bias; kept so the backward pass does not
-        rebuild it (it is ``KH*KW`` times the input's size).
+        rebuild it (it is ``KH*KW`` times the input's size). ``None`` for a layer
+        computed in bands of output rows (:func:`_forward_in_bands`), whose backward
+        pass copies each band's columns again from ``padded``.
     w
         The weight in the computation's dtype, shape ``(F, C/G, KH, KW)``.
     has_bias
@@ -102,13 +111,18 @@ class Conv2dCache:
     batched
         Whether ``cols`` has the whole-batch layout ``(G, C/G * KH * KW,
         N * out_h * out_w)`` of :func:`_batched` layers (no row of ones).
+    padded
+        With ``cols`` None: the zero-padded input as a flat buffer
+        (:func:`_padded_buffer`; a view of ``x`` itself when there is no padding, so
+        ``x`` must not change before the backward pass).
     """
 
     geom: Conv2dGeometry
-    cols: np.ndarray
+    cols: np.ndarray | None
     w: np.ndarray
     has_bias: bool
     batched: bool = False
+    padded: np.ndarray | None = None
 
 
 def conv2d_forward(
@@ -154,7 +168,9 @@ def conv2d_forward(
         float64 (or integer), else float32.
     cache : Conv2dCache
         For :func:`conv2d_backward`. Holds the im2col matrix, ``KH*KW`` times the
-        size of the (padded) input.
+        size of the (padded) input, or, for a large per-sample layer computed in bands
+        of output rows, only the padded input (a view of ``x`` when there is no padding:
+        ``x`` must then not change before the backward pass).
 
     Raises
     ------
@@ -171,7 +187,10 @@ def conv2d_forward(
     x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
     if _batched(g):
         return _forward_batched(x, w, b, g)
-    return _forward_per_sample(x, w, b, g)
+    if _small_chunks(g, len(_sample_chunks(g, slice(0, g.kh), x.itemsize))):
+        return _forward_per_sample(x, w, b, g)
+    out, buf = _forward_in_bands(x, w, b, g)
+    return out, Conv2dCache(geom=g, cols=None, w=w, has_bias=b is not None, padded=buf)
 
 
 def _forward_per_sample(
@@ -215,26 +234,63 @@ def conv2d_inference(
     Same parameters and errors, without the im2col matrix of the whole batch: a layer
     with per-sample GEMMs builds the columns of a band of output rows at a time
     (:data:`_BAND_BYTES`) in one small buffer, and multiplies them while they are still
-    in cache. The sums are the same (each output is one dot product over the same
-    column), but a GEMM with fewer columns may block its inner dimension differently,
-    so float32 results can differ from :func:`conv2d_forward`'s in the last bits (float64
-    ones did not, here), within the same round-off bound. Whole-batch layers
-    (:func:`_batched`), and small layers whose chunks run on threads, compute as
-    :func:`conv2d_forward` and drop its cache.
+    in cache, as :func:`conv2d_forward` does for such layers (the same bits). Layers of
+    up to 28x28 outputs that :func:`conv2d_forward` computes as one GEMM over the batch
+    are computed in bands here (:data:`_INFERENCE_BATCH_MAX_PIXELS`): the sums are the
+    same (each output is one dot product over the same column), but a GEMM with fewer
+    columns may block its inner dimension differently, so float32 results can differ in
+    the last bits, within the same round-off bound. Small layers whose chunks run on
+    threads compute as :func:`conv2d_forward` and drop its cache.
     """
     x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
     if _batched(g, _INFERENCE_BATCH_MAX_PIXELS):
         return _forward_batched(x, w, b, g)[0]
-    if _threaded(g, len(_sample_chunks(g, slice(0, g.kh), x.itemsize))):
+    if _small_chunks(g, len(_sample_chunks(g, slice(0, g.kh), x.itemsize))):
         return _forward_per_sample(x, w, b, g)[0]
+    return _forward_in_bands(x, w, b, g)[0]
+
+
+def _forward_in_bands(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """The output, one GEMM per band of output rows (:func:`_bands`), written in place;
+    and the flat padded input the bands were copied from (:func:`_padded_buffer`)."""
     G, ow = g.groups, g.out_w
-    k = g.c // G * g.kh * g.kw
-    rows = max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * ow * x.itemsize)))
-    band = np.empty((G, k + (b is not None), rows * ow), dtype=x.dtype)
-    wmat = _gemm_kernel(w, b, g, band[:, k:])
-    parts = _window_parts(_padded_buffer(x, g), g)  # of (N, G, C/G, KH, KW, oh, L)
+    band = _band_buffer(g, b is not None, x.dtype)
+    wmat = _gemm_kernel(w, b, g, band[:, g.c // G * g.kh * g.kw :])
+    buf = _padded_buffer(x, g)
     out = np.empty(g.output_shape, dtype=x.dtype)
     grouped = out.reshape(g.n, G, g.f // G, g.out_h * ow)
+    for n, top, bottom, cols in _bands(band, buf, g):
+        np.matmul(wmat, cols, out=grouped[n, :, :, top * ow : bottom * ow])
+    return out, buf
+
+
+def _band_buffer(g: Conv2dGeometry, bias: bool, dtype: np.dtype) -> np.ndarray:
+    """The buffer of :func:`_bands`: ``(G, C/G * KH * KW [+ 1], rows * out_w)`` for bands
+    of :data:`_BAND_BYTES`; with a bias, its last row (set to 1 by :func:`_gemm_kernel`
+    or the caller) multiplies the kernel's bias column."""
+    k = g.c // g.groups * g.kh * g.kw
+    return np.empty((g.groups, k + bias, _band_rows(g, dtype.itemsize) * g.out_w), dtype=dtype)
+
+
+def _band_rows(g: Conv2dGeometry, itemsize: int) -> int:
+    """Output rows per band of :func:`_bands`: as many as fit in :data:`_BAND_BYTES`."""
+    k = g.c // g.groups * g.kh * g.kw
+    return max(1, min(g.out_h, _BAND_BYTES // ((k + 1) * g.out_w * itemsize)))
+
+
+def _bands(
+    band: np.ndarray, buf: np.ndarray, g: Conv2dGeometry
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """Each band of output rows of each sample: ``(n, top, bottom, cols)``, with ``cols``
+    (a view of ``band``, ``(G, C/G * KH * KW [+ 1], (bottom - top) * out_w)``) holding the
+    receptive fields of sample ``n``'s output rows ``top:bottom`` (no junk columns); the
+    next band overwrites them."""
+    G, ow = g.groups, g.out_w
+    k = g.c // G * g.kh * g.kw
+    rows = band.shape[-1] // ow
+    parts = _window_parts(buf, g)  # of (N, G, C/G, KH, KW, oh, L)
     for n in range(g.n):
         for top in range(0, g.out_h, rows):
             bottom = min(top + rows, g.out_h)
@@ -242,8 +298,7 @@ def conv2d_inference(
             receptive = cols[:, :k].reshape(G, g.c // G, g.kh, g.kw, bottom - top, ow)
             for taps, windows in parts:
                 receptive[:, :, :, taps] = windows[n, :, :, :, :, top:bottom, :ow]
-            np.matmul(wmat, cols, out=grouped[n, :, :, top * ow : bottom * ow])
-    return out
+            yield n, top, bottom, cols
 
 
 def _gemm_kernel(
@@ -329,6 +384,11 @@ def conv2d_backward(
     if cache.batched:
         return _backward_batched(dout, cache)
     G, lw = g.groups, _row_len(g)
+    cols = cache.cols
+    banded_dw = None
+    if cols is None:  # a layer computed in bands: dW first, while dout is out_w wide
+        assert cache.padded is not None
+        banded_dw = _dw_in_bands(dout, cache.padded, g, cache.has_bias)
 
     if lw != g.out_w:
         # Junk columns get a zero gradient, so they add nothing below.
@@ -337,36 +397,69 @@ def conv2d_backward(
         dout = wide
     d = dout.reshape(g.n, G, g.f // G, g.out_h * lw)
 
-    # Per chunk of samples: dW, the input correlated with dout, one GEMM per sample
-    # summed over the chunk (with a bias, the row of ones in the columns makes the
-    # last column db); then dX: Wᵀ @ dout gives every window's share, and col2im adds
-    # them back in place, one strided add per kernel offset, a group of kernel rows
-    # at a time, so that the shares (KH*KW times the input) never exist all at once.
+    # Per chunk of samples: dW (unless computed in bands above), the input correlated
+    # with dout, one GEMM per sample summed over the chunk (with a bias, the row of ones
+    # in the columns makes the last column db); then dX: Wᵀ @ dout gives every window's
+    # share, and col2im adds them back in place, one strided add per kernel offset, a
+    # group of kernel rows at a time, so that the shares (KH*KW times the input) never
+    # exist all at once.
     k = g.c // G * g.kh * g.kw
-    cols = cache.cols
     dxbuf = np.zeros(_buffer_size(g), dtype=w.dtype)
     dwin = _windows(dxbuf, g, writeable=True)
     row_groups = _row_groups(g)
     wts = [_kernel_rows(w, g, rows).swapaxes(-1, -2) for rows in row_groups]
 
-    def backward_chunk(samples: slice) -> np.ndarray:
-        dwb = np.matmul(d[samples], cols[samples].swapaxes(-1, -2)).sum(axis=0)
+    def backward_chunk(samples: slice) -> np.ndarray | None:
+        dwb = None if cols is None else np.matmul(d[samples], cols[samples].swapaxes(-1, -2))
         for rows, wt in zip(row_groups, wts, strict=True):
             dcols = np.matmul(wt, d[samples])
             dcols = dcols.reshape(-1, g.c, rows.stop - rows.start, g.kw, g.out_h, lw)
             for r, i in enumerate(range(rows.start, rows.stop)):
                 for j in range(g.kw):
                     dwin[samples, :, i, j] += dcols[:, :, r, j]
-        return dwb
+        return None if dwb is None else dwb.sum(axis=0)
 
     partials = _map_chunks(backward_chunk, _sample_chunks(g, row_groups[0], w.itemsize), g)
-    dwb = partials[0]  # (G, F/G, k [+ 1]), summed in chunk order whichever thread ran it
-    for partial in partials[1:]:
-        dwb += partial
+    if banded_dw is not None:
+        dwb = banded_dw
+    else:  # (G, F/G, k [+ 1]), summed in chunk order whichever thread ran it
+        dwb = _sum_in_order([p for p in partials if p is not None])
     dw = dwb[..., :k].reshape(w.shape)
     db = dwb[..., k].reshape(g.f) if cache.has_bias else None
     dx = _unpad(dxbuf, g)
     return dx, dw, db
+
+
+def _sum_in_order(arrays: list[np.ndarray]) -> np.ndarray:
+    """``arrays[0] + arrays[1] + ...``, added in list order into the first."""
+    total = arrays[0]
+    for array in arrays[1:]:
+        total += array
+    return total
+
+
+def _dw_in_bands(dout: np.ndarray, buf: np.ndarray, g: Conv2dGeometry, bias: bool) -> np.ndarray:
+    """``dW`` (with ``db`` as its last column when ``bias``), ``(G, F/G, C/G*KH*KW [+ 1])``,
+    of a layer computed by :func:`_forward_in_bands`: the columns of each band of output
+    rows copied again from the padded input ``buf``, and multiplied by that band of
+    ``dout`` (``(N, F, out_h, out_w)``) while still in cache; the bands' products are
+    added in order.
+
+    Each product is computed transposed, ``cols @ doutᵀ``: OpenBLAS runs it 10-25%
+    faster than ``dout @ colsᵀ`` when ``F/G`` is small (ResNet-18's 64 filters, bands
+    of 448 columns, one thread: 69 against 56 GFLOP/s), and the sum is transposed once.
+    """
+    G, fg, ow = g.groups, g.f // g.groups, g.out_w
+    band = _band_buffer(g, bias, dout.dtype)
+    k = g.c // G * g.kh * g.kw
+    band[:, k:] = 1
+    d = dout.reshape(g.n, G, fg, g.out_h * ow)
+    total = np.zeros((G, k + bias, fg), dtype=dout.dtype)
+    product = np.empty_like(total)
+    for n, top, bottom, cols in _bands(band, buf, g):
+        np.matmul(cols, d[n, :, :, top * ow : bottom * ow].swapaxes(-1, -2), out=product)
+        total += product
+    return np.ascontiguousarray(total.swapaxes(-1, -2))
 
 
 # --------------------------------------------------------------------------- whole-batch GEMM
@@ -434,6 +527,7 @@ def _backward_batched(
     """:func:`conv2d_backward` for :func:`_forward_batched`: one ``dW`` GEMM over the whole
     batch, then one ``Wᵀ @ dout``, scattered back by col2im."""
     g, w, cols = cache.geom, cache.w, cache.cols
+    assert cols is not None
     G, cg = g.groups, g.c // g.groups
     d = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(G, g.f // G, -1)
     dw = np.matmul(d, cols.swapaxes(-1, -2)).reshape(w.shape)  # (G, F/G, k)
@@ -524,7 +618,16 @@ _WORKERS = WORKERS
 
 
 def _threaded(g: Conv2dGeometry, chunks: int) -> bool:
-    """Whether to run a layer's chunks of the batch on threads (see :data:`_BLAS_SERIAL_MNK`).
+    """Whether to run a layer's chunks of the batch on threads: when it is
+    :func:`_small_chunks` and there is more than one worker."""
+    return _small_chunks(g, chunks) and _WORKERS > 1
+
+
+def _small_chunks(g: Conv2dGeometry, chunks: int) -> bool:
+    """Whether a layer's chunks of the batch are worth threads of their own (see
+    :data:`_BLAS_SERIAL_MNK`), whatever the number of workers: such layers compute as
+    one GEMM per sample over chunks (:func:`_forward_per_sample`) on one thread or
+    several, so that both give the same bits; other per-sample layers compute in bands.
 
     Yes when there are several chunks, the per-sample GEMMs (forward and ``dW``:
     ``F/G x (C/G*KH*KW + 1) x out_h*L``; ``Wᵀ @ dout`` is no larger) are too small
@@ -539,7 +642,6 @@ def _threaded(g: Conv2dGeometry, chunks: int) -> bool:
         and _row_len(g) == g.out_w
         and mnk <= _BLAS_SERIAL_MNK
         and g.n * g.groups * mnk >= chunks * _MIN_CHUNK_MACS
-        and _WORKERS > 1
     )
 
 

@@ -87,7 +87,8 @@ def _conv_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tup
 def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
     """The im2col matrix (cache), the padded input, its column phases (stride > 1, see
     conv._window_parts) and wide rows (forward), and the backward's padded dx buffer,
-    per-chunk dW partials and dX shares (see conv.py)."""
+    per-chunk dW partials and dX shares (see conv.py); for a layer computed in bands,
+    the padded input (cache) and one band of columns instead of the im2col matrix."""
     g = _conv_geometry(shapes, attrs)
     lw = _conv._row_len(g)
     bias = int(g.bias)
@@ -112,6 +113,15 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
     hp, wp = g.padded_hw
     phases = g.sw * g.n * g.c * hp * -(-wp // g.sw) if g.sw > 1 and g.dw == 1 else 0
     forward = buffer + phases + wide + (g.f * (k + 1) if bias else 0)
+    forward_chunks = _conv._sample_chunks(g, slice(0, g.kh), isz)
+    if not _conv._batched(g) and not _conv._small_chunks(g, len(forward_chunks)):
+        # In bands of output rows (conv._forward_in_bands): the padded input is the
+        # cache; the backward pass copies the bands again for dW (the phases, the band,
+        # the sum of the bands' products, one product, the sum transposed), then dX.
+        band = g.groups * (k + bias) * _conv._band_rows(g, isz) * g.out_w
+        cols = buffer
+        forward = phases + band + (g.f * (k + 1) if bias else 0)
+        backward = phases + band + 3 * dw_rows + wide + buffer + threads * shares + 2 * g.f * k
     if _conv._batched(g):
         # One GEMM over the batch: compact columns, the GEMM's (F, N, ...) output before
         # its transpose (forward); dout transposed, dW, every kernel row's shares.
@@ -121,7 +131,21 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
         cols = g.groups * k * pixels
         forward = buffer + phases + g.f * pixels + np.getbufsize()
         backward = buffer + g.f * pixels + dw_rows + g.c * g.kh * g.kw * pixels
-    return Memory(cache=cols * isz, forward=forward * isz, backward=backward * isz)
+    # col2im's strided in-place adds: numpy's ufunc iterator may buffer up to
+    # np.getbufsize() elements of each of their three operands, no more than an operand
+    # holds (measured: 94 KB for a float32 layer of 2x8x30x30 padded to 32x32).
+    backward += 3 * min(np.getbufsize(), g.n * g.c * g.out_h * lw)
+    return Memory(
+        cache=cols * isz,
+        forward=forward * isz + _CONV_PYTHON_BYTES,
+        backward=backward * isz + _CONV_PYTHON_BYTES,
+    )
+
+
+_CONV_PYTHON_BYTES = 4096
+"""Allowance for the Python objects of one convolution pass (its geometry, cache, and the
+views of its band and window loops): about 2 KB measured by tracemalloc, beyond
+:data:`cnncore.graph.PYTHON_BYTES_PER_NODE`."""
 
 
 CONV2D = Op(

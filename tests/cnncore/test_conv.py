@@ -246,7 +246,7 @@ def test_matches_reference_in_sample_chunks(
     ("x_shape", "w_shape", "kwargs"),
     [GRID[0], GRID[2], GRID[7], GRID[15], GRID[17], GRID[22]],
 )
-def test_inference_in_bands_of_output_rows(
+def test_in_bands_of_output_rows(
     x_shape: tuple[int, ...],
     w_shape: tuple[int, ...],
     kwargs: dict[str, Any],
@@ -264,10 +264,32 @@ def test_inference_in_bands_of_output_rows(
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
     out = conv2d_inference(x, w, b, **kwargs)
-    ref_out, _ = reference.conv_forward_naive(x, w, b, conv_param(kwargs))
-    dout = np.ones(out.shape, dtype=dtype)
+    ref_out, ref_cache = reference.conv_forward_naive(x, w, b, conv_param(kwargs))
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    bound = conv_magnitudes(x, w, b, dout, kwargs)
     assert out.dtype == dtype
-    assert_close(out, ref_out, bound=conv_magnitudes(x, w, b, dout, kwargs)["out"])
+    assert_close(out, ref_out, bound=bound["out"])
+    # The training pass computes in the same bands (the same bits) and keeps the padded
+    # input, not the columns; its backward pass copies each band's columns again for dW.
+    trained, cache = conv2d_forward(x, w, b, **kwargs)
+    assert cache.cols is None
+    np.testing.assert_array_equal(trained, out)
+    dx, dw, db = conv2d_backward(dout, cache)
+    ref_dx, ref_dw, ref_db = reference.conv_backward_naive(dout, ref_cache)
+    assert dx.dtype == dw.dtype == dtype
+    assert_close(dx, ref_dx, bound=bound["dx"])
+    assert_close(dw, ref_dw, bound=bound["dw"])
+    if b is None:
+        assert db is None
+    else:
+        assert db is not None
+        assert ref_db is not None
+        assert_close(db, ref_db, bound=bound["db"])
+    if cache.padded is not None and not np.shares_memory(cache.padded, x):
+        return
+    x_before = x.copy()  # an unpadded input is read in place, never written
+    conv2d_backward(dout, conv2d_forward(x, w, b, **kwargs)[1])
+    np.testing.assert_array_equal(x, x_before)
 
 
 # Layers whose chunks of the batch run on the module's threads (conv._map_chunks):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cnncore
+from cnncore import conv as conv_module
 from cnncore.geometry import conv2d_geometry, linear_info, pool2d_geometry
 from cnncore.gradcheck import assert_gradient
 from cnncore.graph import OPS, Graph, GraphError, Node
@@ -508,6 +509,57 @@ def test_working_bytes_bounds_what_a_pass_allocates(
     # counts a fan-out's sum twice and each op's largest temporaries (conv's dW partials
     # for every chunk, pooling's float64 bincount buffer), so it may reach a few times
     # the measured peak on a graph this small; 4x leaves room for the op estimates' slack.
+    assert bound <= 4 * measured, (bound, measured)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("backward", [True, False], ids=["forward+backward", "forward"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs", "bias"),
+    [
+        pytest.param((2, 8, 30, 30), (16, 8, 3, 3), {"padding": 1}, True, id="padded-bias"),
+        pytest.param((2, 6, 31, 30), (8, 6, 3, 3), {"stride": 2}, False, id="stride2"),
+        pytest.param((2, 8, 30, 30), (16, 8, 1, 1), {}, False, id="1x1-unpadded"),
+        pytest.param((2, 8, 30, 30), (8, 2, 3, 3), {"groups": 4, "padding": 1}, True, id="groups"),
+    ],
+)
+def test_working_bytes_bounds_a_convolution_in_bands(
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    attrs: dict[str, Any],
+    bias: bool,
+    dtype: Any,
+    backward: bool,
+) -> None:
+    # Per-sample layers computed in bands of output rows (conv._forward_in_bands), four
+    # or more bands a sample: the cache is the padded input, the backward pass copies
+    # each band again for dW.
+    monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (0, 0))
+    monkeypatch.setattr(conv_module, "_INFERENCE_BATCH_MAX_PIXELS", (0, 0))
+    monkeypatch.setattr(conv_module, "_BAND_BYTES", 1 << 12)
+    params = {"w": rng.standard_normal(w_shape).astype(dtype)}
+    if bias:
+        params["b"] = rng.standard_normal(w_shape[0]).astype(dtype)
+    g = Graph([Node("c", "conv2d", ("x", *params), "out", attrs)], params=params)
+    info = g.infer(x_shape)
+    itemsize = np.dtype(dtype).itemsize
+    geom = conv2d_geometry(x_shape, w_shape, bias=bias, **attrs)
+    assert geom.out_h >= 4 * conv_module._band_rows(geom, itemsize)
+    _, cache = g.forward(np.ones(x_shape, dtype=dtype))
+    assert cache.caches is not None
+    assert cache.caches[0].cols is None
+
+    def one_pass() -> None:
+        x = np.ones(x_shape, dtype=dtype)
+        out, cache = g.forward(x, backward=backward)
+        if backward:
+            g.backward(np.ones(out.shape, dtype=dtype), cache)
+
+    measured = _peak(one_pass)
+    bound = info.working_bytes(itemsize, backward=backward)
+    assert measured <= bound
     assert bound <= 4 * measured, (bound, measured)
 
 
