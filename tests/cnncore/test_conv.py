@@ -114,6 +114,17 @@ GRID = [
     ),
     pytest.param((2, 48, 9, 8), (3, 48, 5, 3), {"stride": 2, "padding": 2}, id="wide-stride2"),
     pytest.param((2, 128, 5, 5), (4, 64, 3, 3), {"groups": 2}, id="wide-groups2"),
+    # "same" layers whose columns are shifted copies of the input (conv._copy_shifted):
+    # taps reaching past the whole plane, and asymmetric padding with dilation.
+    pytest.param(
+        (2, 3, 5, 2), (4, 3, 3, 3), {"padding": "same", "dilation": 3}, id="same-wider-than-x"
+    ),
+    pytest.param(
+        (2, 4, 6, 7),
+        (6, 2, 3, 2),
+        {"padding": (3, 1, 0, 2), "dilation": (2, 2), "groups": 2},
+        id="same-asymmetric-dilated-groups",
+    ),
 ]
 
 
@@ -244,7 +255,7 @@ def test_matches_reference_in_sample_chunks(
 )
 @pytest.mark.parametrize(
     ("x_shape", "w_shape", "kwargs"),
-    [GRID[0], GRID[2], GRID[7], GRID[15], GRID[17], GRID[22]],
+    [*GRID[0:3:2], GRID[7], GRID[9], GRID[11], *GRID[15:18:2], *GRID[21:23], *GRID[25:]],
 )
 def test_in_bands_of_output_rows(
     x_shape: tuple[int, ...],
