@@ -19,7 +19,9 @@ alternating so that they see the same machine load:
 - forward + backward in-process: ``graph.forward`` + ``graph.backward`` (grad x and every
   parameter) vs torch autograd on the same model (target <= 1.2x torch);
 - V2 binary infer end to end: ``POST /v2/models/resnet18/infer`` with binary x and out,
-  through a real server process (python -m service), against onnxruntime in-process.
+  through a real server process (python -m service), against onnxruntime in-process
+  plus the echo floor (the same body through a bare ASGI app on the same uvicorn, the
+  answer's size back; reported, no target).
 
 Peak memory: each pass once in a fresh process of its own (``--peak``), the largest
 resident set size above the one before the pass, sampled every 2 ms (for V2, the
@@ -228,9 +230,13 @@ class Row:
 def v2_row(
     onnx_path: Path, ort_run: Callable[[], object], ort_mem: int, repeat: int, threads: int
 ) -> Row:
-    """The end-to-end row: a server process with the model, binary x in and out back."""
+    """The end-to-end row: a server process with the model, binary x in and out back,
+    against onnxruntime in-process plus the echo floor: the same request body sent to a
+    bare ASGI app on the same uvicorn (:func:`benchmarks.bench_wire.echo_app`), answered
+    with as many bytes as the V2 response has."""
     import httpx
 
+    from benchmarks.bench_wire import echo_server
     from service.testing import serve_process
 
     with tempfile.TemporaryDirectory() as repo:
@@ -246,6 +252,7 @@ def v2_row(
         x = np.random.default_rng(0).standard_normal((BATCH, *SHAPE)).astype(np.float32)
         with (
             serve_process(env=env, timeout=120) as (url, proc),
+            echo_server() as (echo_url, _),
             httpx.Client(timeout=600) as client,
         ):
             header = json.dumps(
@@ -267,20 +274,29 @@ def v2_row(
                 "Content-Type": "application/octet-stream",
             }
 
-            def post() -> None:
+            def post() -> int:
                 r = client.post(f"{url}/v2/models/resnet18/infer", content=body, headers=headers)
                 r.raise_for_status()
+                return len(r.content)
 
             with peak_rss(proc.pid) as mem:  # the first request: nothing to reuse yet
-                post()
+                answer = post()
+            echo_headers = {**headers, "X-Echo-Bytes": str(answer)}
+
+            def echo() -> None:
+                r = client.post(echo_url, content=body, headers=echo_headers)
+                r.raise_for_status()
+                assert len(r.content) == answer
+
             best = best_of(
-                {"v2": post, "ort": ort_run}, repeat, wall=True
+                {"v2": post, "ort": ort_run, "echo": echo}, repeat, wall=True
             )  # the work is the server's
     return Row(
         "V2 binary infer, end to end",
         best["v2"],
-        "onnxruntime in-process",
-        best["ort"],
+        f"onnxruntime in-process {best['ort'] * 1e3:.0f} ms + echo floor "
+        f"{best['echo'] * 1e3:.1f} ms =",
+        best["ort"] + best["echo"],
         None,
         mem["peak"],
         ort_mem,

@@ -95,7 +95,9 @@ TINY_MODEL = "tiny"
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """ASGI app answering every HTTP request with its own body (and ``Content-Type``)."""
+    """ASGI app answering every HTTP request with its own body (and ``Content-Type``);
+    with an ``X-Echo-Bytes: N`` header, with the body's first ``N`` bytes only (the floor
+    of a request whose answer is smaller than its body)."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -111,7 +113,10 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"".join(chunks)
-    content_type = dict(scope["headers"]).get(b"content-type", b"application/octet-stream")
+    request_headers = dict(scope["headers"])
+    if b"x-echo-bytes" in request_headers:
+        body = body[: int(request_headers[b"x-echo-bytes"])]
+    content_type = request_headers.get(b"content-type", b"application/octet-stream")
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
