@@ -84,11 +84,16 @@ def _conv_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tup
     return (dx, dw, db)[: len(needs)]
 
 
-def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
+def _conv_memory(
+    shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int, *, dx: bool = True
+) -> Memory:
     """The im2col matrix (cache), the padded input, its column phases (stride > 1, see
     conv._window_parts) and wide rows (forward), and the backward's padded dx buffer,
     per-chunk dW partials and dX shares (see conv.py); for a layer computed in bands,
-    the padded input (cache) and one band of columns instead of the im2col matrix."""
+    the padded input (cache) and one band of columns instead of the im2col matrix; for
+    a layer whose dX is a convolution of dout (conv._correlates), that convolution's
+    instead of col2im's. ``dx=False``: that convolution itself, whose forward pass alone
+    is used."""
     g = _conv_geometry(shapes, attrs)
     lw = _conv._row_len(g)
     bias = int(g.bias)
@@ -114,11 +119,12 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
     phases = g.sw * g.n * g.c * hp * -(-wp // g.sw) if g.sw > 1 and g.dw == 1 else 0
     forward = buffer + phases + wide + (g.f * (k + 1) if bias else 0)
     forward_chunks = _conv._sample_chunks(g, slice(0, g.kh), isz)
-    if not _conv._batched(g) and not _conv._small_chunks(g, len(forward_chunks)):
+    banded = not _conv._batched(g) and not _conv._small_chunks(g, len(forward_chunks))
+    band = g.groups * (k + bias) * _conv._band_rows(g, isz) * g.out_w
+    if banded:
         # In bands of output rows (conv._forward_in_bands): the padded input is the
         # cache; the backward pass copies the bands again for dW (the phases, the band,
         # the sum of the bands' products, one product, the sum transposed), then dX.
-        band = g.groups * (k + bias) * _conv._band_rows(g, isz) * g.out_w
         cols = buffer
         forward = phases + band + (g.f * (k + 1) if bias else 0)
         backward = phases + band + 3 * dw_rows + wide + buffer + threads * shares + 2 * g.f * k
@@ -135,11 +141,40 @@ def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz
     # np.getbufsize() elements of each of their three operands, no more than an operand
     # holds (measured: 94 KB for a float32 layer of 2x8x30x30 padded to 32x32).
     backward += 3 * min(np.getbufsize(), g.n * g.c * g.out_h * lw)
+    backward_bytes = backward * isz
+    if dx and _conv._correlates(g):
+        # dX first, by a convolution of dout with the rotated kernel (its copy, and that
+        # convolution's own cache and temporaries); then dW's temporaries alone.
+        if _conv._batched(g):
+            dw_part = g.f * g.n * g.out_h * g.out_w + dw_rows
+        elif banded:
+            dw_part = phases + band + 3 * dw_rows + g.f * k
+        else:
+            dw_part = wide + (len(chunks) + threads * per_chunk) * dw_rows + g.f * k
+        inner = _conv_memory(*_correlation_shapes(g), isz, dx=False)
+        dx_part = g.f * k * isz + inner.cache + inner.forward
+        backward_bytes = max(dx_part, dw_part * isz)
     return Memory(
         cache=cols * isz,
         forward=forward * isz + _CONV_PYTHON_BYTES,
-        backward=backward * isz + _CONV_PYTHON_BYTES,
+        backward=backward_bytes + _CONV_PYTHON_BYTES,
     )
+
+
+def _correlation_shapes(
+    g: _conv.Conv2dGeometry,
+) -> tuple[list[Shape], Shape, dict[str, Any]]:
+    """Shapes and attributes of the convolution :func:`cnncore.conv._dx_by_correlation`
+    computes dX with: dout ``(N, F, H', W')`` with the rotated kernel ``(C, F/G, KH, KW)``."""
+    reach_h, reach_w = g.dh * (g.kh - 1), g.dw * (g.kw - 1)
+    attrs = {
+        "stride": (1, 1),
+        "padding": (reach_h - g.pt, reach_h - g.pb, reach_w - g.pl, reach_w - g.pr),
+        "dilation": (g.dh, g.dw),
+        "groups": g.groups,
+    }
+    shapes: list[Shape] = [(g.n, g.f, g.out_h, g.out_w), (g.c, g.f // g.groups, g.kh, g.kw)]
+    return shapes, (g.n, g.c, g.h, g.w), attrs
 
 
 _CONV_PYTHON_BYTES = 4096

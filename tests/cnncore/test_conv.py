@@ -125,7 +125,31 @@ GRID = [
         {"padding": (3, 1, 0, 2), "dilation": (2, 2), "groups": 2},
         id="same-asymmetric-dilated-groups",
     ),
+    # Padding beyond the kernel's reach: dX by col2im, not by correlation.
+    pytest.param((2, 3, 5, 4), (4, 3, 1, 2), {"padding": (1, 0, 2, 1)}, id="pad-beyond-reach"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("case", "correlates"),
+    [
+        ("plain", True),
+        ("same-odd", True),
+        ("same-asymmetric-dilated-groups", True),
+        ("1x1", True),
+        ("stride2", False),
+        ("stride(1,2)", False),
+        ("pad-beyond-reach", False),
+    ],
+)
+def test_which_layers_compute_dx_by_correlation(case: str, correlates: bool) -> None:
+    # Stride 1 with padding within the kernel's reach: dX is dout correlated with the
+    # rotated kernel (conv._dx_by_correlation); the rest scatter it back by col2im. Both
+    # are checked against the reference loops by every test of the grid.
+    (param,) = [p for p in GRID if p.id == case]
+    x_shape, w_shape, kwargs = param.values
+    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
+    assert conv_module._correlates(geom) == correlates
 
 
 def conv_param(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -521,6 +521,9 @@ def test_working_bytes_bounds_what_a_pass_allocates(
         pytest.param((2, 6, 31, 30), (8, 6, 3, 3), {"stride": 2}, False, id="stride2"),
         pytest.param((2, 8, 30, 30), (16, 8, 1, 1), {}, False, id="1x1-unpadded"),
         pytest.param((2, 8, 30, 30), (8, 2, 3, 3), {"groups": 4, "padding": 1}, True, id="groups"),
+        # dX by a convolution of dout (conv._correlates) whose columns outgrow col2im's
+        # shares: 4 times the filters of the channels.
+        pytest.param((2, 4, 30, 30), (16, 4, 3, 3), {"padding": 1}, False, id="widening"),
     ],
 )
 def test_working_bytes_bounds_a_convolution_in_bands(
@@ -559,6 +562,42 @@ def test_working_bytes_bounds_a_convolution_in_bands(
 
     measured = _peak(one_pass)
     bound = info.working_bytes(itemsize, backward=backward)
+    assert measured <= bound
+    assert bound <= 4 * measured, (bound, measured)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        pytest.param((8, 4, 12, 12), (16, 4, 3, 3), {"padding": 1}, id="widening"),
+        pytest.param((8, 16, 12, 12), (4, 16, 3, 3), {"padding": (2, 0, 1, 1)}, id="narrowing"),
+        pytest.param(
+            (8, 6, 12, 12), (6, 2, 3, 3), {"padding": 2, "dilation": 2, "groups": 3}, id="dil"
+        ),
+    ],
+)
+def test_working_bytes_bounds_a_whole_batch_convolution_whose_dx_correlates(
+    rng: np.random.Generator,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    attrs: dict[str, Any],
+    dtype: Any,
+) -> None:
+    # One GEMM over the batch forward, dX by a convolution of dout with the rotated kernel.
+    params = {"w": rng.standard_normal(w_shape).astype(dtype)}
+    g = Graph([Node("c", "conv2d", ("x", "w"), "out", attrs)], params=params)
+    geom = conv2d_geometry(x_shape, w_shape, bias=False, **attrs)
+    assert conv_module._batched(geom)
+    assert conv_module._correlates(geom)
+
+    def one_pass() -> None:
+        x = np.ones(x_shape, dtype=dtype)
+        out, cache = g.forward(x)
+        g.backward(np.ones(out.shape, dtype=dtype), cache)
+
+    measured = _peak(one_pass)
+    bound = g.infer(x_shape).working_bytes(np.dtype(dtype).itemsize)
     assert measured <= bound
     assert bound <= 4 * measured, (bound, measured)
 
