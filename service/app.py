@@ -228,6 +228,7 @@ def open_repository(settings: Settings) -> ModelRepository:
         settings.max_model_bytes,
         must_exist=root is not None,
         single_model=settings.model_name,
+        onnx_runtime=settings.onnx_runtime,
     )
     repo.scan()
     return repo

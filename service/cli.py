@@ -113,6 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"cnn-service: invalid CNN_* environment variable:\n{exc}", file=sys.stderr)
         return 2
+    from .models.onnx_runtime import ONNXRUNTIME, installed
+
+    if settings.onnx_runtime == ONNXRUNTIME and not installed():
+        print(
+            "cnn-service: CNN_ONNX_RUNTIME=onnxruntime, but onnxruntime is not installed "
+            "(pip install 'cnn-service[onnxruntime]')",
+            file=sys.stderr,
+        )
+        return 2
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "models":
         return models_main(argv[1:], settings)

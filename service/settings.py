@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,12 @@ class Settings(BaseSettings):
     )
     strict_readiness: bool = Field(
         False, description="/v2/health/ready only while every model in the repository is READY."
+    )
+    onnx_runtime: Literal["auto", "onnxruntime", "cnncore"] = Field(
+        "auto",
+        description="Who answers ONNX models' plain inference: 'auto' (onnxruntime when "
+        "installed and it loads the model, else cnncore), 'onnxruntime' (required: the "
+        "server will not start without it) or 'cnncore'. Gradients always run on cnncore.",
     )
     model_name: str | None = Field(
         None,

@@ -13,11 +13,14 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnncore.graph import Graph
+
+if TYPE_CHECKING:
+    from .onnx_runtime import OrtSession
 
 #: Open Inference Protocol datatypes a model can compute in, and their numpy dtypes.
 MODEL_DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
@@ -58,7 +61,8 @@ class Model:
     version
         Always ``"1"``.
     platform
-        ``"cnncore"`` (``model.json``) or ``"onnx"``.
+        ``"cnncore"`` (``model.json``), ``"onnx"`` (an ONNX model cnncore answers in full)
+        or ``"onnxruntime_onnx"`` (onnxruntime answers its plain inference).
     path
         The file it was loaded from.
     datatype, dtype
@@ -75,6 +79,8 @@ class Model:
         Memory the model holds (its parameters and constants).
     op_counts
         Nodes by operator (``{"conv2d": 2, "relu": 2, ...}``).
+    runtime
+        The onnxruntime session that answers plain inference, or ``None`` (cnncore does).
     classes
         Number of classes (the output's second dimension) when the output is ``(N, classes)``,
         else ``None``: labels are accepted only then.
@@ -91,6 +97,7 @@ class Model:
     nbytes: int
     op_counts: dict[str, int] = field(default_factory=dict)
     labels: list[str] | None = None
+    runtime: OrtSession | None = None
     version: str = VERSION
 
     @property
@@ -102,6 +109,14 @@ class Model:
     def classes(self) -> int | None:
         """Columns of a 2-D output ``(N, classes)``, else ``None``."""
         return self.output_shape[1] if len(self.output_shape) == 2 else None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """``out`` for ``x`` (N, *input_shape[1:]) with no gradient: onnxruntime when
+        :attr:`runtime` is set, else the graph's forward pass."""
+        if self.runtime is not None:
+            return self.runtime.run(x)
+        out, _ = self.graph.forward(x, backward=False)
+        return out
 
     def parameter_shape(self, name: str) -> tuple[int, ...]:
         """Shape of parameter ``name``."""

@@ -16,12 +16,14 @@ import cnncore
 from cnncore.onnx import OnnxImportError
 
 from .model import Model, ModelLoadError, describe_input, free_batch, hold
+from .onnx_runtime import CNNCORE, PLATFORM, OrtUnavailableError, open_session
 
 FILE_NAME = "model.onnx"
 
 
-def load(path: Path, name: str) -> Model:
-    """Load the ONNX model in ``path`` as model ``name``.
+def load(path: Path, name: str, engine: str = CNNCORE) -> Model:
+    """Load the ONNX model in ``path`` as model ``name``; ``engine`` (``CNN_ONNX_RUNTIME``,
+    see :mod:`service.models.onnx_runtime`) says who answers its plain inference.
 
     The datatype is the graph input's (``FP32`` unless the file declares double),
     the input and output shapes come from the declared input through the graph's
@@ -33,7 +35,7 @@ def load(path: Path, name: str) -> Model:
     ModelLoadError
         Naming ``<name>/model.onnx`` and the fault: not an ONNX file, an opset the
         importer is not tested with, or the node, operator and attribute it cannot
-        import exactly.
+        import exactly; with ``engine="onnxruntime"``, why onnxruntime cannot load it.
     """
     where = f"{name}/{path.name}"
     try:
@@ -52,15 +54,21 @@ def load(path: Path, name: str) -> Model:
         cnncore.CnnError
     ) as exc:  # the importer inferred at two batches; one more is cheap insurance
         raise ModelLoadError(f"{where}: {exc.message}") from None
+    try:
+        runtime = open_session(path, np.dtype(graph.dtype), engine, where)
+    except OrtUnavailableError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+    held = hold([*graph.params.values(), *graph.constants.values()])
     return Model(
         name=name,
-        platform="onnx",
+        platform="onnx" if runtime is None else PLATFORM,
         path=path,
         datatype=datatype,
         input_shape=shape,
         output_shape=free_batch(info.output_shape, batch_free),
         graph=graph,
         parameters=list(graph.params),
-        nbytes=hold([*graph.params.values(), *graph.constants.values()]),
+        nbytes=held if runtime is None else 2 * held,  # onnxruntime holds its own copy
         op_counts=graph.op_counts(),
+        runtime=runtime,
     )

@@ -18,6 +18,7 @@ old one.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from .model import VERSION, Model, ModelLoadError, ModelState
 from .native import load as load_native
+from .onnx_runtime import CNNCORE, ENGINES
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "default_models"
 """Used when ``CNN_MODEL_REPOSITORY`` is not set (a missing or empty folder is fine)."""
@@ -36,10 +38,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """What a model name must match (the contract's pattern); ``..`` is refused besides."""
 
 
-def _load_onnx(path: Path, name: str) -> Model:
+def _load_onnx(path: Path, name: str, engine: str = CNNCORE) -> Model:
     # Imported on first use: the onnx package loads only for repositories that hold ONNX models.
-    loader: Callable[[Path, str], Model] = importlib.import_module("service.models.onnx").load
-    return loader(path, name)
+    loader: Callable[..., Model] = importlib.import_module("service.models.onnx").load
+    return loader(path, name, engine)
 
 
 LOADERS: dict[str, Callable[[Path, str], Model]] = {
@@ -115,6 +117,9 @@ class ModelRepository:
     single_model
         KServe's layout: ``root`` itself holds one model's file, served under this name
         (``CNN_MODEL_NAME``); no sub-folder is read.
+    onnx_runtime
+        Who answers ONNX models' plain inference (``CNN_ONNX_RUNTIME``, one of
+        :data:`~service.models.onnx_runtime.ENGINES`).
 
     Raises
     ------
@@ -129,8 +134,17 @@ class ModelRepository:
         *,
         must_exist: bool = True,
         single_model: str | None = None,
+        onnx_runtime: str = CNNCORE,
     ) -> None:
+        if onnx_runtime not in ENGINES:
+            raise ValueError(
+                f"onnx_runtime must be one of {', '.join(ENGINES)}, got {onnx_runtime!r}"
+            )
         self.root = Path(root)
+        self._loaders: dict[str, Callable[[Path, str], Model]] = {
+            **LOADERS,
+            "model.onnx": functools.partial(_load_onnx, engine=onnx_runtime),
+        }
         self.single_model = None if single_model is None else check_name(single_model)
         if must_exist and not self.root.is_dir():
             raise FileNotFoundError(f"the model repository {str(self.root)!r} is not a directory")
@@ -281,7 +295,7 @@ class ModelRepository:
         size = os.stat(path).st_size
         if size > budget:
             raise ModelLoadError(_over_budget(name, present[0], "the file is", size, budget, self))
-        model = LOADERS[present[0]](path, name)
+        model = self._loaders[present[0]](path, name)
         if model.nbytes > budget:
             raise ModelLoadError(
                 _over_budget(name, present[0], "its weights take", model.nbytes, budget, self)

@@ -2,6 +2,7 @@
 legacy and dynamo exports) dropped into a repository as ``<model>/model.onnx`` and called
 with ``tritonclient.http``: metadata from the graph, and outputs and gradients equal to
 torch's numbers. A model the importer refuses is UNAVAILABLE with the importer's reason.
+Plain inference runs on onnxruntime (contract §7) and equals its in-process answer.
 
 Tolerance: the service computes in float32 (the models' datatype); torch's references are
 float64, so each element may differ by ``K·(eps32 + eps64)·T`` (tests/fixtures/onnx/
@@ -23,10 +24,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cnncore import load_onnx
+from cnncore.threads import WORKERS
 from service.testing import serve
 from tests.fixtures.onnx.reference import EPS, Fixture, fixtures, magnitudes, sum_terms
 
 http = pytest.importorskip("tritonclient.http")
+ort = pytest.importorskip("onnxruntime")
 
 pytestmark = pytest.mark.slow  # one server process for the module
 
@@ -77,7 +80,7 @@ def test_repository_index(triton: Any) -> None:
 def test_metadata_from_the_graph(triton: Any, fx: Fixture) -> None:
     meta = triton.get_model_metadata(fx.id)
     g = load_onnx(fx.path)
-    assert meta["platform"] == "onnx"
+    assert meta["platform"] == "onnxruntime_onnx"  # onnxruntime is installed with the dev extra
     inputs = {i["name"]: i for i in meta["inputs"]}
     assert inputs["x"] == {"name": "x", "datatype": "FP32", "shape": list(g.input_shape or ())}
     outputs = {o["name"] for o in meta["outputs"]}
@@ -115,6 +118,40 @@ def test_infers_and_differentiates_like_torch(triton: Any, fx: Fixture) -> None:
         assert got.shape == want.shape, name
         err = np.abs(got.astype(np.float64) - want)
         assert np.all(err <= scale * t), f"{name}: max error {err.max():.3g}"
+
+
+def _ort_out(path: Path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's own answer, with the server's session options (same thread count, so
+    the same partition of every reduction and the same bits)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = WORKERS
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("fx", FIXTURES, ids=[f.id for f in FIXTURES])
+def test_plain_inference_is_onnxruntimes_and_gradients_cnncores(triton: Any, fx: Fixture) -> None:
+    """Contract §7: plain inference gives exactly InferenceSession.run's answer; a request
+    with an upstream signal runs on cnncore, whose out is graph.forward's, bit for bit
+    (cnncore's bits do not depend on its thread count)."""
+    ref = fx.reference()
+    x, dout = ref["x"].astype(np.float32), ref["out_grad"].astype(np.float32)
+    image = http.InferInput("x", list(x.shape), "FP32")
+    image.set_data_from_numpy(x, binary_data=True)
+    plain = triton.infer(fx.id, [image], outputs=[http.InferRequestedOutput("out")])
+    np.testing.assert_array_equal(plain.as_numpy("out"), _ort_out(fx.path, x))
+
+    signal = http.InferInput("out_grad", list(dout.shape), "FP32")
+    signal.set_data_from_numpy(dout, binary_data=True)
+    with_grad = triton.infer(
+        fx.id,
+        [image, signal],
+        outputs=[http.InferRequestedOutput("out"), http.InferRequestedOutput("grad/x")],
+    )
+    cnn_out, _ = load_onnx(fx.path).forward(x, backward=True)  # the pass a gradient runs
+    np.testing.assert_array_equal(with_grad.as_numpy("out"), cnn_out)
 
 
 def test_cnn_service_models_lists_onnx_operators(repo: Path) -> None:
