@@ -220,7 +220,7 @@ class Row:
     def line(self) -> str:
         ratio = self.ours / self.anchor
         verdict = "report" if self.target is None else ("PASS" if ratio <= self.target else "FAIL")
-        target = "-" if self.target is None else f"<= {self.target:.1f}x"
+        target = "-" if self.target is None else f"<= {self.target:g}x"
         return (
             f"| {self.name} | {self.ours * 1e3:.0f} ms | "
             f"{self.anchor_name} {self.anchor * 1e3:.0f} ms | "

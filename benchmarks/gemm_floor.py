@@ -6,23 +6,28 @@ transposes, pooling, activations, Python): the part that is cnncore's own doing 
 not depend on the CPU's BLAS kernel (issue 20's target: the pass <= 1.25x its floor).
 
 :func:`record` runs a pass with ``numpy.matmul`` wrapped (every cnncore product goes
-through it), keeping each call's operand layouts and the thread that made it;
-:func:`floor` replays the calls on fresh buffers with identical strides: the main
-thread's calls one after the other with BLAS as the pass had it, and the calls made on
-cnncore's worker threads (a batch split into parts) one list per thread, all threads at
-once with BLAS on one thread each, as :mod:`cnncore.threads` runs them. Waits between
-the parts are not replayed, so the floor is a lower bound.
+through it), keeping each call's operand layouts, the thread that made it and the
+:func:`cnncore.threads.map_threads` section it ran in; :func:`floor` replays the calls on
+fresh buffers with identical strides, in order: calls outside any section one after the
+other with BLAS as the pass had it, and each section's calls one list per thread that ran
+them, those threads at once, with BLAS on one thread when the section had it so (a graph's
+batch parts). Only the products are timed, so the floor is a lower bound of the pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+import cnncore.threads
 from cnncore.threads import blas_single_threaded
 
 
@@ -50,13 +55,16 @@ class Layout:
 
 @dataclass(frozen=True)
 class Call:
-    """One ``np.matmul(a, b[, out=...])`` of the pass."""
+    """One ``np.matmul(a, b[, out=...])`` of the pass; ``section`` is the
+    :func:`~cnncore.threads.map_threads` call it ran in (``None``: outside any), with BLAS
+    on one thread when ``single_blas``."""
 
     a: Layout
     b: Layout
     out: Layout | None
     thread: int
-    main: bool
+    section: int | None = None
+    single_blas: bool = False
 
     @property
     def flops(self) -> int:
@@ -66,36 +74,76 @@ class Call:
         return 2 * batch * m * k * n
 
 
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+
+
+@contextlib.contextmanager
+def _patched(attr: str, wrapper: Any, original: Any) -> Iterator[None]:
+    """Replace ``original`` by ``wrapper`` wherever a cnncore module holds it as ``attr``."""
+    holders = [
+        m
+        for name, m in list(sys.modules.items())
+        if name.split(".")[0] == "cnncore" and getattr(m, attr, None) is original
+    ]
+    for m in holders:
+        setattr(m, attr, wrapper)
+    try:
+        yield
+    finally:
+        for m in holders:
+            setattr(m, attr, original)
+
+
 def record(run: Callable[[], object]) -> list[Call]:
     """The matrix products ``run()`` calls, in order (it runs once, with products wrapped)."""
     calls: list[Call] = []
     lock = threading.Lock()
-    real = np.matmul
-    main = threading.main_thread().ident
+    local = threading.local()
+    sections = itertools.count()
+    real_matmul, real_map = np.matmul, cnncore.threads.map_threads
 
-    def recording(a: np.ndarray, b: np.ndarray, /, *args: object, **kwargs: object) -> object:
+    def matmul(a: Any, b: Any, /, *args: Any, **kwargs: Any) -> Any:
         out = kwargs.get("out")
-        a_, b_ = np.asanyarray(a), np.asanyarray(b)
+        where = getattr(local, "section", None)
         call = Call(
-            Layout.of(a_),
-            Layout.of(b_),
+            Layout.of(np.asanyarray(a)),
+            Layout.of(np.asanyarray(b)),
             Layout.of(out) if isinstance(out, np.ndarray) else None,
             threading.get_ident(),
-            threading.get_ident() == main,
+            None if where is None else where[0],
+            False if where is None else where[1],
         )
         with lock:
             calls.append(call)
-        return real(a, b, *args, **kwargs)
+        return real_matmul(a, b, *args, **kwargs)
 
-    np.matmul = recording  # type: ignore[assignment]
+    def map_threads(fn: Callable[[Any], Any], items: Sequence[Any], *args: Any) -> Any:
+        if getattr(local, "section", None) is not None:  # nested: runs serially in its item
+            return real_map(fn, items, *args)
+        where = (next(sections), _blas_threads() == 1)
+
+        def tagged(item: Any) -> Any:
+            local.section = where
+            try:
+                return fn(item)
+            finally:
+                local.section = None
+
+        return real_map(tagged, items, *args)
+
+    np.matmul = matmul  # type: ignore[assignment]
     try:
-        run()
+        with _patched("map_threads", map_threads, real_map):
+            run()
     finally:
-        np.matmul = real
+        np.matmul = real_matmul
     return calls
 
 
-def _replay(calls: Sequence[Call]) -> Callable[[], None]:
+def _products(calls: Sequence[Call]) -> Callable[[], None]:
     operands = [(c.a.fresh(), c.b.fresh(), None if c.out is None else c.out.fresh()) for c in calls]
 
     def go() -> None:
@@ -108,35 +156,50 @@ def _replay(calls: Sequence[Call]) -> Callable[[], None]:
     return go
 
 
-def floor(
-    calls: Sequence[Call], repeat: int = 5, clock: Callable[[], float] = time.perf_counter
-) -> float:
-    """Seconds the products of ``calls`` take alone, as the pass ran them: the minimum of
-    ``repeat`` replays on ``clock``."""
-    serial = _replay([c for c in calls if c.main])
-    workers: dict[int, list[Call]] = {}
-    for c in calls:
-        if not c.main:
-            workers.setdefault(c.thread, []).append(c)
-    parts = [_replay(cs) for cs in workers.values()]
-
-    def parallel() -> None:
-        if not parts:
-            return
-        with blas_single_threaded():
-            threads = [threading.Thread(target=p) for p in parts]
+def _concurrently(lists: Sequence[Callable[[], None]], single_blas: bool) -> Callable[[], None]:
+    def go() -> None:
+        with blas_single_threaded() if single_blas else contextlib.nullcontext():
+            threads = [threading.Thread(target=fn) for fn in lists]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
 
-    serial()
-    parallel()  # warm: operands in memory, BLAS buffers allocated
+    return go
+
+
+def _replay(calls: Sequence[Call]) -> list[Callable[[], None]]:
+    """The calls as segments in order: runs of calls outside sections, and sections."""
+    segments: list[Callable[[], None]] = []
+    for section, group in itertools.groupby(calls, key=lambda c: c.section):
+        part = list(group)
+        if section is None:
+            segments.append(_products(part))
+            continue
+        by_thread: dict[int, list[Call]] = {}
+        for c in part:
+            by_thread.setdefault(c.thread, []).append(c)
+        lists = [_products(cs) for cs in by_thread.values()]
+        segments.append(_concurrently(lists, part[0].single_blas))
+    return segments
+
+
+def floor(
+    calls: Sequence[Call], repeat: int = 5, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds the products of ``calls`` take alone, as the pass ran them: the minimum of
+    ``repeat`` replays on ``clock``."""
+    segments = _replay(calls)
+
+    def once() -> None:
+        for seg in segments:
+            seg()
+
+    once()  # warm: operands in memory, BLAS buffers and threads started
     best = float("inf")
     for _ in range(repeat):
         t0 = clock()
-        serial()
-        parallel()
+        once()
         best = min(best, clock() - t0)
     return best
 
@@ -144,5 +207,5 @@ def floor(
 def summary(calls: Sequence[Call]) -> str:
     """``N GEMMs, F GFLOP (P on worker threads)``."""
     flops = sum(c.flops for c in calls)
-    on_workers = sum(1 for c in calls if not c.main)
-    return f"{len(calls)} GEMMs, {flops / 1e9:.1f} GFLOP ({on_workers} on worker threads)"
+    threaded = sum(1 for c in calls if c.section is not None)
+    return f"{len(calls)} GEMMs, {flops / 1e9:.1f} GFLOP ({threaded} in threaded sections)"

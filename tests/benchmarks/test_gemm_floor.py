@@ -8,9 +8,9 @@ import math
 import numpy as np
 
 import cnncore
+import cnncore.threads
 from benchmarks.gemm_floor import Layout, floor, record
 from cnncore.network import Conv2d, FlattenSpec, Linear, ReluSpec
-from cnncore.threads import map_threads
 
 
 def test_records_layouts_outputs_and_threads(rng: np.random.Generator) -> None:
@@ -20,17 +20,18 @@ def test_records_layouts_outputs_and_threads(rng: np.random.Generator) -> None:
 
     def run() -> None:
         np.matmul(a, b.T.astype(np.float32), out=out)
-        map_threads(lambda m: np.matmul(m, m.T), [b, b])
+        cnncore.threads.map_threads(lambda m: np.matmul(m, m.T), [b, b], 2)
 
     calls = record(run)
     first = calls[0]
     assert (first.a.shape, first.a.strides, first.a.dtype) == (a.shape, a.strides, a.dtype)
     assert first.out == Layout.of(out)
-    assert first.main
+    assert first.section is None
     assert first.flops == 2 * 3 * 4 * 5 * 6
     assert len(calls) == 3
     assert {c.b.strides for c in calls[1:]} == {b.T.strides}
     assert all(c.flops == 2 * 6 * 5 * 6 for c in calls[1:])
+    assert {c.section for c in calls[1:]} == {0}  # one map_threads section
     seconds = floor(calls, repeat=1)
     assert math.isfinite(seconds)
     assert seconds > 0
