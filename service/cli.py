@@ -24,6 +24,8 @@ from .settings import MULTIPROC_ENV, Settings
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 MODEL_REPOSITORY_ENV = "CNN_MODEL_REPOSITORY"
 MODEL_NAME_ENV = "CNN_MODEL_NAME"
+MODEL_CONTROL_ENV = "CNN_MODEL_CONTROL_MODE"
+MODEL_CONTROL_MODES = ("none", "explicit")
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:
@@ -73,6 +75,13 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
         help="model repository folder, one sub-folder a model (CNN_MODEL_REPOSITORY; "
         "default: the bundled models). Check one first with: cnn-service models "
         "--model-repository DIR",
+    )
+    parser.add_argument(
+        "--model-control-mode",
+        choices=MODEL_CONTROL_MODES,
+        default=settings.model_control_mode,
+        help="Triton's model control: 'none' refuses load and unload requests, 'explicit' "
+        "allows them (CNN_MODEL_CONTROL_MODE; %(default)s)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
@@ -129,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.model_repository is not None:
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_repository)
+    os.environ[MODEL_CONTROL_ENV] = args.model_control_mode  # every worker reads it
     if args.model_name is not None:
         # Every worker builds its app from the environment: KServe's single model goes there.
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_dir)

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     strict_readiness: bool = Field(
         False, description="/v2/health/ready only while every model in the repository is READY."
     )
+    model_control_mode: Literal["none", "explicit"] = Field(
+        "none",
+        description="Triton's --model-control-mode: 'none' reads the repository at start-up "
+        "and refuses load and unload (403), so nobody who reaches the port can take a served "
+        "model down; 'explicit' allows them (with a key when API keys are configured).",
+    )
     onnx_runtime: Literal["auto", "onnxruntime", "cnncore"] = Field(
         "auto",
         description="Who answers ONNX models' plain inference: 'auto' (onnxruntime when "

@@ -85,6 +85,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    403: {
+        "description": "Model control is disabled (`--model-control-mode none`, the default).",
+        "content": {"application/problem+json": {"schema": ERROR_SCHEMA}},
+    },
+}
+"""The load and unload routes' errors."""
+
 
 INFER_BODY = {
     "requestBody": {

@@ -98,7 +98,7 @@ def plan_request(
         many samples of this shape would fit).
     """
     request_id = header.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    if "id" in header and not isinstance(request_id, str):
         raise bad_request("id must be a string", ["id"])
     params = _object(header.get("parameters", {}), "parameters")
     _refuse_unsupported(params, ["parameters"])
@@ -110,7 +110,7 @@ def plan_request(
         raise bad_request(f"input 'x': {exc}", ["inputs", "x"]) from None
     out_shape = tuple(info.output_shape)
     signal, value = _signal(model, tensors, out_shape, x.shape[0])
-    outputs = _outputs(model, header.get("outputs"), params, signal)
+    outputs = _outputs(model, header.get("outputs", ALL_DEFAULT), params, signal)
     wrt = [name[len(GRAD) :] for name, _ in outputs if name.startswith(GRAD)]
     passes = 3 if wrt else 1  # a backward pass costs about two forward passes more
     flops = passes * info.total_flops
@@ -276,6 +276,10 @@ def _signal(
 # --------------------------------------------------------------------------- outputs
 
 
+ALL_DEFAULT: Any = object()
+"""``outputs`` left out of the request (an explicit ``null`` is refused, as the schema says)."""
+
+
 def _outputs(
     model: Model, specs: Any, params: dict[str, Any], signal: str | None
 ) -> list[tuple[str, bool]]:
@@ -285,7 +289,7 @@ def _outputs(
             "parameters.binary_data_output must be true or false",
             ["parameters", "binary_data_output"],
         )
-    if specs is None:
+    if specs is ALL_DEFAULT:
         names = ["out"]
         if signal in LOSS_SIGNALS:
             names.append("loss")

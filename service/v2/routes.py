@@ -31,6 +31,7 @@ from ..problems import ApiError
 from ..routing import JSONResponse, settings_of, slots_of
 from .binary import HEADER_LENGTH, bad_request, decompress, encode_response, split_body
 from .openapi import (
+    CONTROL_ERRORS,
     ERRORS,
     EXTENSIONS,
     INFER_ANSWER,
@@ -265,19 +266,39 @@ async def repository_index(request: Request) -> Response:
     )
 
 
+def _parameters(doc: dict[str, Any]) -> dict[str, Any]:
+    """The repository request's ``parameters`` (an object when present, as documented)."""
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise bad_request("parameters must be an object", ["parameters"])
+    return params
+
+
+def _check_model_control(request: Request) -> None:
+    """Load and unload only with ``--model-control-mode explicit`` (Triton's rule): by
+    default the models served are the ones read at start-up, whoever reaches the port."""
+    if settings_of(request).model_control_mode != "explicit":
+        raise ApiError(
+            403,
+            "model control is disabled: this server serves the models it read at start-up "
+            "(--model-control-mode none); start it with --model-control-mode explicit "
+            "(CNN_MODEL_CONTROL_MODE=explicit) to load and unload models",
+            [(["path", "model"], "model control disabled")],
+        )
+
+
 @router.post(
     "/repository/models/{model}/load",
     summary="Load a model",
-    responses=ERRORS,
+    responses=CONTROL_ERRORS,
     openapi_extra=optional_body(PARAMETERS_BODY, {}),
 )
 async def repository_load(request: Request, model: ModelName) -> Response:
     """(Re)read the model's folder and swap the new model in atomically; requests
     already running finish with the old one. An invalid model is a 400 with its reason
-    (and UNAVAILABLE in the index)."""
-    params = (await _json_body(request)).get("parameters", {})
-    if not isinstance(params, dict):
-        raise bad_request("parameters must be an object", ["parameters"])
+    (and UNAVAILABLE in the index). Refused (403) unless model control is explicit."""
+    _check_model_control(request)
+    params = _parameters(await _json_body(request))
     if "config" in params or any(str(k).startswith("file:") for k in params):
         raise bad_request(
             "loading from a config or files in the request is not supported: put the model "
@@ -299,12 +320,14 @@ async def repository_load(request: Request, model: ModelName) -> Response:
 @router.post(
     "/repository/models/{model}/unload",
     summary="Unload a model",
-    responses=ERRORS,
+    responses=CONTROL_ERRORS,
     openapi_extra=optional_body(PARAMETERS_BODY, {"parameters": {}}),
 )
 async def repository_unload(request: Request, model: ModelName) -> Response:
-    """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish."""
-    await _json_body(request)
+    """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish.
+    Refused (403) unless model control is explicit."""
+    _check_model_control(request)
+    _parameters(await _json_body(request))
     try:
         repository_of(request).unload(model)
     except ModelNameError as exc:

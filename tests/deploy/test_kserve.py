@@ -235,7 +235,7 @@ def test_started_with_the_runtime_arguments_it_serves_an_onnx_model_of_the_folde
     port = free_port()
     argv = _runtime_argv("lenet5", tmp_path, port)
     with serve(argv, port=port, env=_runtime_env(), timeout=60) as base_url:
-        _served_alone(base_url, "lenet5", "onnx")
+        _served_alone(base_url, "lenet5", "onnxruntime_onnx")  # plain inference: ort
         _, served = _infer(base_url, "lenet5", x)
     # float32 against onnxruntime's own kernels: the longest sum (fc1) has 400 terms, so
     # accumulation order may differ by ~400 eps32 = 5e-5 of the sum of |terms|, which is

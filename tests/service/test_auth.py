@@ -57,6 +57,19 @@ def _rejected_auth() -> float:
 # --------------------------------------------------------------------------- which routes
 
 
+def test_model_control_needs_a_key(tmp_path: Path) -> None:
+    """With --model-control-mode explicit and keys configured, only a caller with a key
+    can unload (contract §3)."""
+    (tmp_path / "m").mkdir()
+    client = _app(
+        api_keys=SecretStr(KEYS[0]), model_repository=tmp_path, model_control_mode="explicit"
+    )
+    assert client.post("/v2/repository/models/m/unload").status_code == 401
+    assert (
+        client.post("/v2/repository/models/m/unload", headers=_bearer(KEYS[0])).status_code == 200
+    )
+
+
 def test_without_keys_no_middleware_is_installed_and_every_route_is_open() -> None:
     client = _app()
     assert not any(m.cls is ApiKeyMiddleware for m in client.app.user_middleware)  # type: ignore[attr-defined]

@@ -47,7 +47,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory, layers: list[dict[str, Any]])
 
 @pytest.fixture(scope="module")
 def client(repo: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(model_repository=repo, max_elements=4096, max_flops=1e5))
+    settings = Settings(
+        model_repository=repo, max_elements=4096, max_flops=1e5, model_control_mode="explicit"
+    )
+    app = create_app(settings)
     with TestClient(app) as c:
         yield c
 
@@ -549,6 +552,41 @@ def test_repository_index_load_unload(client: TestClient, repo: Path, layers: li
     assert "not a valid model name" in r.json()["error"]
     r = client.post("/v2/repository/models/tiny/load", json={"parameters": {"config": "{}"}})
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [("outputs", None), ("id", None), ("parameters", None), ("outputs", {"name": "out"})],
+)
+def test_members_the_schema_refuses_are_refused(
+    client: TestClient, x: np.ndarray, member: str, value: Any
+) -> None:
+    """An explicit null (or an object where a list is documented) is not a missing member."""
+    r = client.post("/v2/models/tiny/infer", json={"inputs": [tensor("x", x)], member: value})
+    assert r.status_code == 400
+    assert member in r.json()["error"]
+
+
+@pytest.mark.parametrize("action", ["load", "unload"])
+@pytest.mark.parametrize("body", [{"parameters": [None, None]}, {"parameters": None}])
+def test_repository_parameters_must_be_an_object(
+    client: TestClient, action: str, body: Any
+) -> None:
+    r = client.post(f"/v2/repository/models/tiny/{action}", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"] == "parameters must be an object"
+
+
+@pytest.mark.parametrize("action", ["load", "unload"])
+def test_model_control_none_refuses_load_and_unload(repo: Path, action: str) -> None:
+    """Triton's default: the models read at start-up stay served, whoever calls."""
+    with TestClient(create_app(Settings(model_repository=repo))) as c:
+        r = c.post(f"/v2/repository/models/tiny/{action}", json={})
+        assert r.status_code == 403
+        assert "--model-control-mode explicit" in r.json()["error"]
+        assert c.get("/v2/models/tiny/ready").status_code == 200
+        index = {e["name"]: e["state"] for e in c.post("/v2/repository/index").json()}
+        assert index["tiny"] == "READY"  # the index stays readable
 
 
 def test_metrics_per_model_and_info(client: TestClient, x: np.ndarray) -> None:
