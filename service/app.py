@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, metrics
 from .auth import ApiKeyMiddleware, document_keys, load_keys
 from .compute import ComputeSlots
+from .dataplane import DataPlane
 from .models import DEFAULT_REPOSITORY, ModelRepository
 from .problems import install_problem_handlers, is_v2_path, problem_response, problem_responses
 from .runtime import tune_malloc
@@ -263,6 +264,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ready = True
     app.state.models = open_repository(settings)
+    app.state.dataplane = DataPlane(
+        settings, app.state.models, app.state.slots, draining=lambda: not app.state.ready
+    )
     _openapi_with_limits(app, settings.max_elements)
     install_problem_handlers(app)
     for router in routers:

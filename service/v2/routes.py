@@ -16,30 +16,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-import cnncore
-
-from .. import __version__, metrics
-from ..models import Model, ModelEntry, ModelNameError, ModelNotFoundError, ModelRepository
-from ..models.model import VERSION, ModelState
+from .. import metrics
+from ..dataplane import DataPlane
+from ..models import Model
+from ..models.model import VERSION
 from ..problems import ApiError
-from ..routing import JSONResponse, settings_of, slots_of
+from ..routing import JSONResponse
 from .binary import HEADER_LENGTH, bad_request, decompress, encode_response, split_body
 from .openapi import (
     CONTROL_ERRORS,
     ERRORS,
-    EXTENSIONS,
     INFER_ANSWER,
     INFER_BODY,
     PARAMETERS_BODY,
     optional_body,
 )
-from .protocol import compute, model_metadata, plan_request, response_head
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -47,38 +43,14 @@ router = APIRouter(prefix="/v2", tags=["v2"])
 ModelName = Annotated[str, Path(description="The model's name.", examples=["digits"])]
 
 
-def repository_of(request: Request) -> ModelRepository:
-    """The app's model repository."""
-    repo: ModelRepository = request.app.state.models
-    return repo
+def dataplane_of(request: Request) -> DataPlane:
+    """The app's :class:`~service.dataplane.DataPlane`."""
+    plane: DataPlane = request.app.state.dataplane
+    return plane
 
 
-def _entry(request: Request, name: str) -> ModelEntry:
-    """The entry of model ``name`` (404 unknown, 400 an invalid name), at the path's version."""
-    version = request.path_params.get("version")
-    try:
-        entry = repository_of(request).entry(name)
-    except ModelNameError as exc:
-        raise bad_request(str(exc), ["path", "model"]) from None
-    except ModelNotFoundError as exc:
-        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
-    if version is not None and version != VERSION:
-        raise ApiError(
-            404,
-            f"model {name!r} has no version {version[:20]!r}; its only version is '{VERSION}'",
-            [(["path", "version"], "unknown version")],
-        )
-    return entry
-
-
-def _ready_model(request: Request, name: str) -> Model:
-    """Model ``name`` if it is READY, else a 400 with its reason."""
-    entry = _entry(request, name)
-    if entry.model is None:
-        raise bad_request(
-            f"model {name!r} is {entry.state.value}: {entry.reason}", ["path", "model"]
-        )
-    return entry.model
+def _version(request: Request) -> str | None:
+    return request.path_params.get("version")
 
 
 def _both(path: str) -> list[str]:
@@ -129,7 +101,7 @@ def _route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> Response:
     """Name, version and the protocol extensions supported."""
-    return JSONResponse({"name": "cnn-service", "version": __version__, "extensions": EXTENSIONS})
+    return JSONResponse(dataplane_of(request).server_metadata())
 
 
 @router.get("/health/live", summary="Server live")
@@ -143,17 +115,9 @@ async def server_ready(request: Request) -> Response:
     """200 once the repository has been read, whatever each model's state (with
     ``CNN_STRICT_READINESS=true``: only while every model is READY); 400 otherwise, and
     while shutting down."""
-    repo = repository_of(request)
-    if not getattr(request.app.state, "ready", True):
-        raise bad_request("shutting down: this instance no longer accepts new requests")
-    if not repo.scanned:
-        raise bad_request("the model repository has not been read yet")
-    if settings_of(request).strict_readiness:
-        down = [e.name for e in repo.index() if e.state is not ModelState.READY]
-        if down:
-            raise bad_request(
-                f"strict readiness: {len(down)} model(s) not READY: {', '.join(down[:5])}"
-            )
+    reason = dataplane_of(request).not_ready_reason()
+    if reason is not None:
+        raise bad_request(reason)
     return JSONResponse({"ready": True})
 
 
@@ -163,13 +127,13 @@ async def server_ready(request: Request) -> Response:
 @_route("GET", "/models/{model}{v}", summary="Model metadata")
 async def model_metadata_route(request: Request, model: ModelName) -> Response:
     """Every input the model accepts and every output it can answer."""
-    return JSONResponse(model_metadata(_ready_model(request, model)))
+    return JSONResponse(dataplane_of(request).model_metadata(model, _version(request)))
 
 
 @_route("GET", "/models/{model}{v}/ready", summary="Model ready")
 async def model_ready(request: Request, model: ModelName) -> Response:
     """200 when the model is READY, else 400 with its reason."""
-    found = _ready_model(request, model)
+    found = dataplane_of(request).ready_model(model, _version(request))
     return JSONResponse({"name": found.name, "version": found.version, "ready": True})
 
 
@@ -183,9 +147,10 @@ async def model_ready(request: Request, model: ModelName) -> Response:
 async def infer(request: Request, model: ModelName) -> Response:
     """Run the model on ``x``; with an upstream signal (``labels``, ``target`` or
     ``out_grad``), also ``loss``, ``probabilities`` and gradients ``grad/...``."""
-    label = model if model in repository_of(request).names() else metrics.OTHER
-    with _observed(label), slots_of(request).admit():
-        found = _ready_model(request, model)
+    plane = dataplane_of(request)
+    label = model if model in plane.models.names() else metrics.OTHER
+    with _observed(label), plane.admitted():
+        found = plane.ready_model(model, _version(request))
         body = await request.body()
         content, length, media_type = await run_in_threadpool(_infer, request, found, body)
     headers = {HEADER_LENGTH: str(length)} if length is not None else None
@@ -194,21 +159,14 @@ async def infer(request: Request, model: ModelName) -> Response:
 
 def _infer(request: Request, model: Model, body: bytes) -> tuple[bytes, int | None, str]:
     """Parse, check, compute and encode one inference request (in a worker thread)."""
+    plane = dataplane_of(request)
     encoding = request.headers.get("content-encoding")
     if encoding is not None:
-        body = decompress(body, encoding, settings_of(request).max_body_bytes)
+        body = decompress(body, encoding, plane.settings.max_body_bytes)
     header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
     head = body[: len(body) - len(binary)]
-    may_hold_bools = b"true" in head or b"false" in head
-    plan = plan_request(model, header, binary, settings_of(request), may_hold_bools)
-    with slots_of(request).acquire():
-        try:
-            # Overflow is not a warning to log: non-finite outputs are refused when encoded.
-            with np.errstate(all="ignore"):
-                outputs = compute(plan)
-        except cnncore.CnnError as exc:  # shapes were checked; a core refusal is still a 400
-            raise bad_request(str(exc)) from None
-    return encode_response(response_head(plan), outputs)
+    plan = plane.plan(model, header, binary, b"true" in head or b"false" in head)
+    return encode_response(plane.response_head(plan), plane.compute(plan))
 
 
 @contextmanager
@@ -260,10 +218,7 @@ async def repository_index(request: Request) -> Response:
     ready_only = (await _json_body(request)).get("ready", False)
     if not isinstance(ready_only, bool):
         raise bad_request("ready must be true or false", ["ready"])
-    entries = repository_of(request).index()
-    return JSONResponse(
-        [e.as_index() for e in entries if not ready_only or e.state is ModelState.READY]
-    )
+    return JSONResponse(dataplane_of(request).repository_index(ready_only))
 
 
 def _parameters(doc: dict[str, Any]) -> dict[str, Any]:
@@ -272,19 +227,6 @@ def _parameters(doc: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise bad_request("parameters must be an object", ["parameters"])
     return params
-
-
-def _check_model_control(request: Request) -> None:
-    """Load and unload only with ``--model-control-mode explicit`` (Triton's rule): by
-    default the models served are the ones read at start-up, whoever reaches the port."""
-    if settings_of(request).model_control_mode != "explicit":
-        raise ApiError(
-            403,
-            "model control is disabled: this server serves the models it read at start-up "
-            "(--model-control-mode none); start it with --model-control-mode explicit "
-            "(CNN_MODEL_CONTROL_MODE=explicit) to load and unload models",
-            [(["path", "model"], "model control disabled")],
-        )
 
 
 @router.post(
@@ -297,23 +239,10 @@ async def repository_load(request: Request, model: ModelName) -> Response:
     """(Re)read the model's folder and swap the new model in atomically; requests
     already running finish with the old one. An invalid model is a 400 with its reason
     (and UNAVAILABLE in the index). Refused (403) unless model control is explicit."""
-    _check_model_control(request)
+    plane = dataplane_of(request)
+    plane.check_model_control()
     params = _parameters(await _json_body(request))
-    if "config" in params or any(str(k).startswith("file:") for k in params):
-        raise bad_request(
-            "loading from a config or files in the request is not supported: put the model "
-            "in the repository folder",
-            ["parameters"],
-        )
-    repo = repository_of(request)
-    try:
-        entry = await run_in_threadpool(repo.load, model)
-    except ModelNameError as exc:
-        raise bad_request(str(exc), ["path", "model"]) from None
-    except ModelNotFoundError as exc:
-        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
-    if entry.model is None:
-        raise bad_request(f"failed to load {model!r}: {entry.reason}", ["path", "model"])
+    await run_in_threadpool(plane.load, model, params)
     return JSONResponse({})
 
 
@@ -326,12 +255,8 @@ async def repository_load(request: Request, model: ModelName) -> Response:
 async def repository_unload(request: Request, model: ModelName) -> Response:
     """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish.
     Refused (403) unless model control is explicit."""
-    _check_model_control(request)
+    plane = dataplane_of(request)
+    plane.check_model_control()
     _parameters(await _json_body(request))
-    try:
-        repository_of(request).unload(model)
-    except ModelNameError as exc:
-        raise bad_request(str(exc), ["path", "model"]) from None
-    except ModelNotFoundError as exc:
-        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
+    plane.unload(model)
     return JSONResponse({})
