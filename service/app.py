@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -25,6 +26,8 @@ from .problems import install_problem_handlers, is_v2_path, problem_response, pr
 from .runtime import tune_malloc
 from .settings import Settings
 from .tensors import TensorLimits, bound_request_tensors
+
+log = logging.getLogger("service")
 
 
 class BodyLimitMiddleware:
@@ -177,12 +180,29 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tune_malloc()  # in every worker process, before the first computation
         restore = _not_ready_on_exit_signals(app, settings.shutdown_delay)
+        grpc_server = await _start_grpc(app, settings) if settings.enable_grpc else None
         try:
             yield
         finally:
+            if grpc_server is not None:  # in-flight RPCs get the graceful timeout to finish
+                await grpc_server.stop(settings.graceful_timeout)
             restore()
 
     return lifespan
+
+
+async def _start_grpc(app: FastAPI, settings: Settings) -> Any:
+    """Start the gRPC transport on this worker's event loop (imported only when enabled)."""
+    from .auth import KeyCheck
+    from .grpc.server import build_server
+
+    keys = load_keys(settings)
+    server = build_server(app.state.dataplane, settings, KeyCheck(keys) if keys else None)
+    await server.start()
+    logging.getLogger("uvicorn.error").info(  # printed beside uvicorn's own start-up lines
+        "gRPC: Open Inference Protocol on %s:%d", settings.host, settings.grpc_port
+    )
+    return server
 
 
 def _openapi_with_limits(app: FastAPI, max_elements: int) -> None:

@@ -114,14 +114,48 @@ def is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
+class KeyCheck:
+    """Whether an ``Authorization`` value carries one of the configured keys; what the
+    HTTP middleware and the gRPC interceptor both ask.
+
+    The offered key is hashed and compared with ``hmac.compare_digest`` against every
+    configured key's hash, all of them each time: neither its length nor which key it
+    resembles shows in the time taken. The key is never logged.
+
+    Raises
+    ------
+    ValueError
+        If ``keys`` is empty.
+    """
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.digests = [_digest(key.encode()) for key in keys]
+        if not self.digests:
+            raise ValueError("an API key check needs at least one key")
+
+    def accepts(self, authorization: bytes | str | None) -> bool:
+        """Whether ``Bearer <key>`` carries one of the keys."""
+        if authorization is None:
+            return False
+        if isinstance(authorization, str):
+            authorization = authorization.encode("utf-8", "replace")
+        scheme, _, token = authorization.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        offered = _digest(token.strip())
+        matched = False
+        for digest in self.digests:  # no early exit: the time does not depend on which matched
+            matched |= hmac.compare_digest(offered, digest)
+        return matched
+
+
 class ApiKeyMiddleware:
-    """Refuses (401) a request to a protected path without a valid bearer key.
+    """Refuses (401) a request to a protected path without a valid bearer key
+    (:class:`KeyCheck`).
 
     Installed inside the metrics middleware, so refusals are counted by route and status,
-    and outside the body limit, so a refused request's body is never read. The offered key
-    is hashed and compared with ``hmac.compare_digest`` against every configured key's
-    hash, all of them each time: neither its length nor which key it resembles shows in
-    the time taken. The key is never logged (uvicorn's access log has no headers).
+    and outside the body limit, so a refused request's body is never read (uvicorn's
+    access log has no headers: the key is never logged).
 
     Parameters
     ----------
@@ -133,22 +167,11 @@ class ApiKeyMiddleware:
 
     def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
         self.app = app
-        self.digests = [_digest(key.encode()) for key in keys]
-        if not self.digests:
-            raise ValueError("ApiKeyMiddleware needs at least one key")
+        self.check = KeyCheck(keys)
 
     def accepts(self, authorization: bytes | None) -> bool:
         """Whether an ``Authorization`` header value carries one of the keys."""
-        if authorization is None:
-            return False
-        scheme, _, token = authorization.strip().partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        offered = _digest(token.strip())
-        matched = False
-        for digest in self.digests:  # no early exit: the time does not depend on which matched
-            matched |= hmac.compare_digest(offered, digest)
-        return matched
+        return self.check.accepts(authorization)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):

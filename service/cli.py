@@ -28,6 +28,16 @@ MODEL_CONTROL_ENV = "CNN_MODEL_CONTROL_MODE"
 MODEL_CONTROL_MODES = ("none", "explicit")
 
 
+def _boolean(text: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``), as the environment takes them."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:
     """Command-line flags, with defaults taken from ``settings``."""
     parser = argparse.ArgumentParser(
@@ -44,6 +54,20 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
         type=int,
         default=settings.port,
         help="TCP port (CNN_PORT; %(default)s)",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        "--grpc_port",  # KServe's spelling
+        type=int,
+        default=settings.grpc_port,
+        help="gRPC port of the Open Inference Protocol (CNN_GRPC_PORT; %(default)s)",
+    )
+    parser.add_argument(
+        "--enable-grpc",
+        type=_boolean,
+        default=settings.enable_grpc,
+        metavar="true|false",
+        help="serve gRPC beside HTTP (CNN_ENABLE_GRPC; %(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -103,6 +127,10 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
             parser.error(f"--model_name: {exc}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, got {args.port}")
+    if not 0 <= args.grpc_port <= 65535:
+        parser.error(f"--grpc-port must be between 0 and 65535, got {args.grpc_port}")
+    if args.enable_grpc and args.grpc_port == args.port and args.port != 0:
+        parser.error(f"--grpc-port and --port are both {args.port}; give gRPC its own port")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.log_level not in LOG_LEVELS:  # a default from CNN_LOG_LEVEL skips `choices`
@@ -138,7 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.model_repository is not None:
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_repository)
-    os.environ[MODEL_CONTROL_ENV] = args.model_control_mode  # every worker reads it
+    # Every worker builds its app (and its gRPC server) from the environment.
+    os.environ[MODEL_CONTROL_ENV] = args.model_control_mode
+    os.environ["CNN_HOST"] = args.host
+    os.environ["CNN_GRPC_PORT"] = str(args.grpc_port)
+    os.environ["CNN_ENABLE_GRPC"] = "true" if args.enable_grpc else "false"
     if args.model_name is not None:
         # Every worker builds its app from the environment: KServe's single model goes there.
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_dir)

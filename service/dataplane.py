@@ -13,6 +13,7 @@ the status once (REST: the problem handlers; gRPC: :data:`service.problems.GRPC_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 
 import cnncore
 
-from . import __version__
+from . import __version__, metrics
 from .compute import ComputeSlots
 from .models import Model, ModelEntry, ModelNameError, ModelNotFoundError, ModelRepository
 from .models.model import VERSION, ModelState
@@ -152,6 +153,25 @@ class DataPlane:
     def response_head(plan: Plan) -> dict[str, Any]:
         """The response's members other than its outputs."""
         return response_head(plan)
+
+    @contextmanager
+    def observed(self, name: str) -> Iterator[None]:
+        """Count, time and gauge one inference request under its model's label (a known
+        model's name, else ``other``), with the HTTP status it ended with."""
+        label = name if name in self.models.names() else metrics.OTHER
+        start = time.perf_counter()
+        status = "500"
+        metrics.MODEL_IN_FLIGHT.labels(model=label).inc()
+        try:
+            yield
+            status = "200"
+        except ApiError as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            metrics.MODEL_IN_FLIGHT.labels(model=label).dec()
+            metrics.MODEL_LATENCY.labels(model=label).observe(time.perf_counter() - start)
+            metrics.MODEL_REQUESTS.labels(model=label, status=status).inc()
 
     @contextmanager
     def admitted(self) -> Iterator[None]:

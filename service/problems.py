@@ -65,6 +65,21 @@ class Problem(BaseModel):
     errors: list[ErrorItem] = Field(default_factory=list, description="Field-level errors.")
 
 
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    503: "UNAVAILABLE",
+}
+"""The gRPC status code (``grpc.StatusCode`` name) of each HTTP status an :class:`ApiError`
+carries: the one table that maps a failure to either transport's status."""
+
+
 class ApiError(Exception):
     """An error with an HTTP status, raised anywhere in the service and rendered once.
 

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    grpc_port: int = Field(
+        8081, ge=0, le=65535, description="TCP port of the Open Inference Protocol over gRPC."
+    )
+    enable_grpc: bool = Field(True, description="Serve gRPC beside HTTP (on --host, --grpc-port).")
     workers: int = Field(1, ge=1, le=64, description="Worker processes.")
     log_level: str = Field("info", description="uvicorn log level.")
 

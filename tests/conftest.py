@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+# gRPC is on by default on port 8081; the tests' apps and servers leave it off unless a
+# test asks for it on a free port (tests/service/test_grpc.py).
+os.environ.setdefault("CNN_ENABLE_GRPC", "false")
 from _pytest.mark.expression import Expression
 
 import cnncore.gradcheck

@@ -280,6 +280,8 @@ class InputReader:
     def _data(
         self, data: Any, shape: tuple[int, ...], count: int, dtype: np.dtype, who: str, loc: Loc
     ) -> np.ndarray:
+        if isinstance(data, np.ndarray):  # gRPC's typed contents: flat, already numbers
+            return self._flat_array(data, shape, count, dtype, who, loc)
         if not isinstance(data, list):
             raise bad_request(f"{who}: data must be a flat or nested list of numbers", loc)
         if data and not isinstance(data[0], list) and len(data) != count:
@@ -305,6 +307,23 @@ class InputReader:
             what = "integers" if integral else "numbers"
             raise bad_request(f"{who}: data must be {what}", loc)
         if integral and count:
+            info = np.iinfo(dtype)
+            if values.min() < info.min or values.max() > info.max:
+                raise bad_request(f"{who}: data does not fit {dtype.name}", loc)
+        with np.errstate(over="ignore"):  # an overflow to inf is refused by the caller
+            return values.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+
+    @staticmethod
+    def _flat_array(
+        values: np.ndarray, shape: tuple[int, ...], count: int, dtype: np.dtype, who: str, loc: Loc
+    ) -> np.ndarray:
+        if values.ndim != 1 or values.size != count:
+            raise bad_request(
+                f"{who}: has {values.size} values; shape {list(shape)} needs {count}", loc
+            )
+        if values.dtype.kind == "b" and dtype.kind != "b":
+            raise bad_request(f"{who}: data must be numbers", loc)
+        if dtype.kind in "iu" and count:
             info = np.iinfo(dtype)
             if values.min() < info.min or values.max() > info.max:
                 raise bad_request(f"{who}: data does not fit {dtype.name}", loc)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -21,11 +19,9 @@ from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from .. import metrics
 from ..dataplane import DataPlane
 from ..models import Model
 from ..models.model import VERSION
-from ..problems import ApiError
 from ..routing import JSONResponse
 from .binary import HEADER_LENGTH, bad_request, decompress, encode_response, split_body
 from .openapi import (
@@ -148,8 +144,7 @@ async def infer(request: Request, model: ModelName) -> Response:
     """Run the model on ``x``; with an upstream signal (``labels``, ``target`` or
     ``out_grad``), also ``loss``, ``probabilities`` and gradients ``grad/...``."""
     plane = dataplane_of(request)
-    label = model if model in plane.models.names() else metrics.OTHER
-    with _observed(label), plane.admitted():
+    with plane.observed(model), plane.admitted():
         found = plane.ready_model(model, _version(request))
         body = await request.body()
         content, length, media_type = await run_in_threadpool(_infer, request, found, body)
@@ -167,24 +162,6 @@ def _infer(request: Request, model: Model, body: bytes) -> tuple[bytes, int | No
     head = body[: len(body) - len(binary)]
     plan = plane.plan(model, header, binary, b"true" in head or b"false" in head)
     return encode_response(plane.response_head(plan), plane.compute(plan))
-
-
-@contextmanager
-def _observed(label: str) -> Iterator[None]:
-    """Count, time and gauge one inference request under its model's label."""
-    start = time.perf_counter()
-    status = "500"
-    metrics.MODEL_IN_FLIGHT.labels(model=label).inc()
-    try:
-        yield
-        status = "200"
-    except ApiError as exc:
-        status = str(exc.status)
-        raise
-    finally:
-        metrics.MODEL_IN_FLIGHT.labels(model=label).dec()
-        metrics.MODEL_LATENCY.labels(model=label).observe(time.perf_counter() - start)
-        metrics.MODEL_REQUESTS.labels(model=label, status=status).inc()
 
 
 # --------------------------------------------------------------------------- repository

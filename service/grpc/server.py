@@ -1,0 +1,414 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` and the
+standard ``grpc.health.v1.Health``, on grpcio's asyncio server, beside uvicorn in every
+worker process (contract §5).
+
+A thin transport: each RPC turns its message into a call on the app's
+:class:`~service.dataplane.DataPlane` and the answer back into a message. An inference
+request becomes the protocol's JSON head plus binary bytes (``raw_input_contents`` as the
+binary inputs, typed ``contents`` as ``data``), so REST's one codec checks every input;
+failures keep their :class:`~service.problems.ApiError` status, mapped once by
+:data:`~service.problems.GRPC_CODES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.concurrency import run_in_threadpool
+
+from .. import metrics
+from ..auth import KeyCheck
+from ..dataplane import DataPlane
+from ..models import Model
+from ..problems import GRPC_CODES, ApiError
+from ..settings import Settings
+from ..v2.binary import DATATYPE_OF, DATATYPES, OutputTensor, bad_request
+from . import inference_pb2 as pb
+from . import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger("service")
+
+SERVICE = "inference.GRPCInferenceService"
+
+#: The typed-contents field that carries each datatype (the protocol's table).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+#: RPCs that need no API key (their REST twins are the open probes).
+OPEN_RPCS = frozenset({"ServerLive", "ServerReady"})
+
+R = TypeVar("R")
+
+
+class _RefusedError(Exception):
+    """A refusal decided before the dataplane is asked (a status code and a message)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _status(exc: ApiError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, GRPC_CODES.get(exc.status, "INVALID_ARGUMENT"))
+
+
+def _rpc(
+    fn: Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    """One RPC: the API key, the metrics (``route="grpc:<Rpc>"``, the status code's name)
+    and every failure as a status code with its message."""
+    name = fn.__name__
+    route = f"grpc:{name}"
+
+    @functools.wraps(fn)
+    async def handler(
+        self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext
+    ) -> R:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            if name not in OPEN_RPCS:
+                self.authorize(context)
+            return await fn(self, request, context)
+        except ApiError as exc:
+            code = _status(exc)
+            detail = exc.detail
+        except _RefusedError as exc:
+            code, detail = exc.code, exc.message
+        except Exception:  # a bug: logged with its traceback, answered without details
+            log.exception("gRPC %s failed", name)
+            code, detail = grpc.StatusCode.INTERNAL, "internal error (logged by the server)"
+        finally:
+            metrics.REQUESTS.labels(route=route, method="GRPC", status=code.name).inc()
+            metrics.LATENCY.labels(route=route).observe(time.perf_counter() - start)
+        if code is grpc.StatusCode.UNAUTHENTICATED:
+            metrics.REJECTED.labels(limit="auth").inc()
+        await context.abort(code, detail)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    return handler
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over a :class:`DataPlane`.
+
+    Parameters
+    ----------
+    plane
+        The app's dataplane.
+    keys
+        The API key check, or ``None`` for an open service.
+    """
+
+    def __init__(self, plane: DataPlane, keys: KeyCheck | None) -> None:
+        self.plane = plane
+        self.keys = keys
+
+    def authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """Refuse (``UNAUTHENTICATED``) a call without ``authorization: Bearer <key>``
+        metadata when keys are configured."""
+        if self.keys is None:
+            return
+        offered = dict(context.invocation_metadata() or ()).get("authorization")
+        if not self.keys.accepts(offered):
+            what = "needs an API key: send metadata 'authorization: Bearer <key>'"
+            if offered is not None:
+                what = "has an API key that is not valid (expected 'authorization: Bearer <key>')"
+            raise _RefusedError(grpc.StatusCode.UNAUTHENTICATED, f"this call {what}")
+
+    # -- server -----------------------------------------------------------------------
+
+    @_rpc
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.not_ready_reason() is None)
+
+    @_rpc
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    # -- models -----------------------------------------------------------------------
+
+    @_rpc
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        entry = self.plane.entry(request.name, request.version)  # unknown: NOT_FOUND
+        return pb.ModelReadyResponse(ready=entry.model is not None)
+
+    @_rpc
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        meta = self.plane.model_metadata(request.name, request.version)
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensors(**t) for t in meta["inputs"]],
+            outputs=[tensors(**t) for t in meta["outputs"]],
+        )
+
+    @_rpc
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        plane = self.plane
+        if plane.draining():
+            raise _RefusedError(
+                grpc.StatusCode.UNAVAILABLE, "shutting down: send the call elsewhere"
+            )
+        with plane.observed(request.model_name), plane.admitted():
+            model = plane.ready_model(request.model_name, request.model_version)
+            return await run_in_threadpool(_infer, plane, model, request)
+
+    # -- repository -------------------------------------------------------------------
+
+    @_rpc
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        models = self.plane.repository_index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(models=[index(**m) for m in models])
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: Any, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self.plane.check_model_control()
+        params = {k: _repository_value(v) for k, v in request.parameters.items()}
+        await run_in_threadpool(self.plane.load, request.model_name, params)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: Any, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self.plane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _infer(plane: DataPlane, model: Model, request: Any) -> pb.ModelInferResponse:
+    """Decode, check, compute and encode one ``ModelInfer`` (in a worker thread)."""
+    header, binary, raw = request_head(request)
+    plan = plane.plan(model, header, memoryview(binary))
+    outputs = plane.compute(plan)
+    head = plane.response_head(plan)
+    return response(head, outputs, raw)
+
+
+def request_head(request: Any) -> tuple[dict[str, Any], bytes, bool]:
+    """A ``ModelInferRequest`` as the protocol's JSON head, its binary bytes, and whether
+    the inputs came raw.
+
+    Raises
+    ------
+    ApiError
+        400 naming the field: typed and raw contents mixed, a raw entry count or size
+        that disagrees with the inputs, typed contents in another datatype's field or
+        of the wrong count. Every size is compared before anything is converted.
+    """
+    raw = list(request.raw_input_contents)
+    inputs = list(request.inputs)
+    if raw and len(raw) != len(inputs):
+        raise bad_request(
+            f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; send one "
+            "per input, in order",
+            ["raw_input_contents"],
+        )
+    specs: list[dict[str, Any]] = []
+    for i, t in enumerate(inputs):
+        loc: list[str | int] = ["inputs", i]
+        if raw and t.HasField("contents"):
+            raise bad_request(
+                f"input {t.name[:60]!r} has typed contents while the request sends "
+                "raw_input_contents; send one or the other",
+                [*loc, "contents"],
+            )
+        spec: dict[str, Any] = {
+            "name": t.name,
+            "datatype": t.datatype,
+            "shape": list(t.shape),
+            "parameters": {k: _infer_value(v) for k, v in t.parameters.items()},
+        }
+        if raw:
+            _check_raw_size(t, len(raw[i]), i)
+            spec["parameters"]["binary_data_size"] = len(raw[i])
+        else:
+            spec["data"] = _typed(t, loc)
+        specs.append(spec)
+    header: dict[str, Any] = {
+        "inputs": specs,
+        "parameters": {k: _infer_value(v) for k, v in request.parameters.items()},
+    }
+    if request.id:
+        header["id"] = request.id
+    if request.outputs:
+        header["outputs"] = [
+            {"name": o.name, "parameters": {k: _infer_value(v) for k, v in o.parameters.items()}}
+            for o in request.outputs
+        ]
+    return header, b"".join(raw), bool(raw)
+
+
+def _check_raw_size(t: Any, size: int, i: int) -> None:
+    """A raw entry's byte count against its input's shape and datatype (other faults of
+    the shape or datatype are the codec's to name)."""
+    dtype = DATATYPES.get(t.datatype)
+    if dtype is None or any(d < 0 for d in t.shape):
+        return
+    expected = math.prod(t.shape) * dtype.itemsize
+    if size != expected:
+        raise bad_request(
+            f"raw_input_contents[{i}] has {size} bytes, but input {t.name[:60]!r} of shape "
+            f"{list(t.shape)} and datatype {t.datatype} takes {expected}",
+            ["raw_input_contents", i],
+        )
+
+
+def _typed(t: Any, loc: list[str | int]) -> np.ndarray:
+    """An input's typed contents as a flat array (counted before it is converted)."""
+    field = CONTENTS_FIELD.get(t.datatype)
+    who = f"input {t.name[:60]!r}"
+    if field is None or field == "bytes_contents":
+        return np.empty(0)  # the codec refuses the datatype, naming it
+    present = [f.name for f, _ in t.contents.ListFields()] if t.HasField("contents") else []
+    others = [f for f in present if f != field]
+    if others:
+        raise bad_request(
+            f"{who}: datatype {t.datatype} is carried in contents.{field}, got "
+            f"contents.{others[0]}",
+            [*loc, "contents"],
+        )
+    values = getattr(t.contents, field)
+    count = math.prod(t.shape) if all(d >= 0 for d in t.shape) else -1
+    if len(values) != count:
+        raise bad_request(
+            f"{who}: contents.{field} has {len(values)} values; shape {list(t.shape)} needs "
+            f"{max(count, 0)}",
+            [*loc, "contents", field],
+        )
+    return np.fromiter(values, dtype=DATATYPES[t.datatype], count=len(values))
+
+
+def response(head: dict[str, Any], outputs: list[OutputTensor], raw: bool) -> pb.ModelInferResponse:
+    """The ``ModelInferResponse``: raw little-endian bytes when the request was raw (what
+    ``tritonclient.grpc`` reads), typed contents otherwise."""
+    answer = pb.ModelInferResponse(
+        model_name=head["model_name"], model_version=head["model_version"], id=head.get("id", "")
+    )
+    for out in outputs:
+        arr = out.array
+        datatype = DATATYPE_OF[arr.dtype]
+        tensor = answer.outputs.add(name=out.name, datatype=datatype, shape=list(arr.shape))
+        if raw:
+            le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            answer.raw_output_contents.append(le.tobytes())
+        else:
+            getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())
+    return answer
+
+
+def _infer_value(p: Any) -> Any:
+    """An ``InferParameter``'s value (``None`` when none of its fields is set)."""
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+def _repository_value(p: Any) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+# --------------------------------------------------------------------------- health
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health``: ``SERVING`` while the server is ready (as
+    ``/v2/health/ready`` says), for the whole server (``""``) and for
+    ``inference.GRPCInferenceService``; ``SERVICE_UNKNOWN`` for other names."""
+
+    WATCH_INTERVAL = 1.0
+    """Seconds between readiness checks while a ``Watch`` stream is open."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def _status(self, service: str) -> Any:
+        if service not in ("", SERVICE):
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        if self.plane.not_ready_reason() is None:
+            return health_pb2.HealthCheckResponse.SERVING
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        status = self._status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: Any, context: Any) -> Any:
+        last = None
+        while True:
+            status = self._status(request.service)
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(self.WATCH_INTERVAL)
+
+
+# --------------------------------------------------------------------------- server
+
+
+def build_server(plane: DataPlane, settings: Settings, keys: KeyCheck | None) -> grpc.aio.Server:
+    """A started-to-be gRPC server with both services, bound to ``--host:--grpc-port``.
+
+    Messages over ``CNN_MAX_BODY_BYTES`` are refused (``RESOURCE_EXHAUSTED``) before they
+    are parsed; responses are as large as the result needs. Every worker process binds
+    the same port (``SO_REUSEPORT``), as uvicorn's workers share the HTTP one.
+
+    Raises
+    ------
+    RuntimeError
+        If the address cannot be bound.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, keys), server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
+    address = f"{_host(settings.host)}:{settings.grpc_port}"
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"gRPC: cannot listen on {address}")
+    return server
+
+
+def _host(host: str) -> str:
+    """``host`` as a gRPC address part (IPv6 literals in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
