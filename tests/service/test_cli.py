@@ -29,7 +29,9 @@ def uvicorn_run(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.delenv(cli.MULTIPROC_ENV, raising=False)
-    for name in ("HOST", "PORT", "WORKERS", "LOG_LEVEL"):
+    # The CLI hands these to its workers through the environment: restored after each test.
+    names = ("HOST", "PORT", "WORKERS", "LOG_LEVEL", "GRPC_PORT", "ENABLE_GRPC")
+    for name in (*names, "MODEL_CONTROL_MODE", "MODEL_REPOSITORY"):
         monkeypatch.delenv(f"CNN_{name}", raising=False)
     return calls
 
@@ -49,6 +51,22 @@ def test_flags(uvicorn_run: list[dict[str, Any]]) -> None:
     cli.main(["--host", "0.0.0.0", "--port", "9001", "--log-level", "warning"])
     (call,) = uvicorn_run
     assert (call["host"], call["port"], call["log_level"]) == ("0.0.0.0", 9001, "warning")
+
+
+def test_grpc_and_model_control_flags_reach_the_workers(
+    uvicorn_run: list[dict[str, Any]],
+) -> None:
+    """Workers build their apps from the environment: the CLI's flags go there."""
+    assert cli.main([]) == 0
+    assert os.environ["CNN_GRPC_PORT"] == "8081"
+    assert os.environ["CNN_ENABLE_GRPC"] == "true"
+    assert os.environ["CNN_MODEL_CONTROL_MODE"] == "none"
+    argv = ["--grpc_port", "9002", "--enable-grpc", "false", "--model-control-mode", "explicit"]
+    assert cli.main(argv) == 0
+    assert os.environ["CNN_GRPC_PORT"] == "9002"
+    assert os.environ["CNN_ENABLE_GRPC"] == "false"
+    assert os.environ["CNN_MODEL_CONTROL_MODE"] == "explicit"
+    assert Settings().grpc_port == 9002
 
 
 def test_environment_gives_the_defaults(
@@ -86,8 +104,21 @@ def test_several_workers_share_metrics_through_a_fresh_directory(
         ([], {"CNN_LOG_LEVEL": "loud"}),
         ([], {"CNN_PORT": "eighty"}),
         ([], {"CNN_MAX_ELEMENTS": "0"}),
+        (["--grpc-port", "8000"], {}),
+        (["--enable-grpc", "maybe"], {}),
+        (["--model-control-mode", "poll"], {}),
     ],
-    ids=["port", "workers", "log-level", "env-log-level", "env-port", "env-limit"],
+    ids=[
+        "port",
+        "workers",
+        "log-level",
+        "env-log-level",
+        "env-port",
+        "env-limit",
+        "grpc-port-clash",
+        "enable-grpc",
+        "model-control",
+    ],
 )
 def test_bad_flags_and_environment_exit_with_status_2(
     uvicorn_run: list[dict[str, Any]],
