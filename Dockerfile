@@ -1,5 +1,5 @@
-# cnn-service: the REST API over cnncore.
-#   docker build -t cnn-service . && docker run --rm -p 8000:8000 cnn-service
+# cnn-service: the REST and gRPC APIs over cnncore.
+#   docker build -t cnn-service . && docker run --rm -p 8000:8000 -p 8081:8081 cnn-service
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,7 +23,8 @@ RUN pip install --no-deps . \
 
 USER 10001:10001
 WORKDIR /home/app
-EXPOSE 8000
+# HTTP (REST, /v1 and /v2) and gRPC (the Open Inference Protocol).
+EXPOSE 8000 8081
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('CNN_PORT', '8000'), timeout=4)"]

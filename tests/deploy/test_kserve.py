@@ -60,7 +60,7 @@ def test_the_runtime_speaks_v2_for_the_onnx_and_native_formats() -> None:
         "ServingRuntime",
     )
     spec = runtime["spec"]
-    assert spec["protocolVersions"] == ["v2"]
+    assert spec["protocolVersions"] == ["v2", "grpc-v2"]
     formats = {f["name"]: f for f in spec["supportedModelFormats"]}
     assert set(formats) == set(FORMAT_FILES)
     assert set(FORMAT_FILES.values()) <= set(LOADERS)  # each format is a file the service loads
@@ -79,6 +79,7 @@ def test_the_runtime_container_passes_kserves_arguments_to_the_console_script() 
         f"--model_name={NAME_TEMPLATE}",
         f"--model_dir={MODEL_DIR}",
         f"--http_port={HTTP_PORT}",
+        "--grpc_port=8081",
     ]
     assert [p["containerPort"] for p in spec["ports"]] == [HTTP_PORT]
     assert spec["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": HTTP_PORT}

@@ -163,17 +163,21 @@ def test_replicas_scale_and_disruptions_keep_one_serving() -> None:
 def test_ports_line_up_from_the_service_to_the_process() -> None:
     deployment, service = _k8s("Deployment"), _k8s("Service")
     spec = container(deployment)
-    (port,) = spec["ports"]
+    port, grpc_port = spec["ports"]
     env = _resolved_env(deployment)
     assert int(env["CNN_PORT"]) == port["containerPort"]
+    assert int(env["CNN_GRPC_PORT"]) == grpc_port["containerPort"]
     assert env["CNN_HOST"] == "0.0.0.0"  # reachable from the Service, not only the loopback
     assert (
         service["spec"]["selector"].items()
         <= deployment["spec"]["template"]["metadata"]["labels"].items()
     )
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port["name"]]
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port["name"], grpc_port["name"]]
+    assert service["spec"]["ports"][1]["appProtocol"] == "grpc"
+    for probe in ("startupProbe", "readinessProbe"):
         assert spec[probe]["httpGet"]["port"] in (port["name"], port["containerPort"]), probe
+    # Kubernetes' gRPC probe calls grpc.health.v1.Health on the gRPC port.
+    assert spec["livenessProbe"]["grpc"]["port"] == grpc_port["containerPort"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == port["containerPort"]
@@ -190,11 +194,10 @@ def test_ports_line_up_from_the_service_to_the_process() -> None:
 def test_probes_and_the_scrape_path_are_routes_of_the_app() -> None:
     deployment = _k8s("Deployment")
     spec = container(deployment)
-    assert spec["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert spec["startupProbe"]["httpGet"]["path"] == "/health/live"
     assert spec["readinessProbe"]["httpGet"]["path"] == "/health/ready"
-    paths = [
-        spec[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")
-    ]
+    assert "service" not in spec["livenessProbe"]["grpc"]  # the whole server's health
+    paths = [spec[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe")]
     paths.append(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"])
     # With API keys configured, as in the pods: the probes and the scrape need none.
     client = TestClient(create_app(Settings(api_keys="some-key")))  # type: ignore[arg-type]

@@ -68,7 +68,7 @@ def test_image_layout() -> None:
     user = _one("USER")
     assert user.split(":")[0] not in ("root", "0")
     assert keywords.index("USER") > first_source_copy
-    assert _one("EXPOSE") == "8000"
+    assert _one("EXPOSE") == "8000 8081"  # HTTP, gRPC
     assert "/health/ready" in _one("HEALTHCHECK")
     assert json.loads(_one("CMD")) == ["cnn-service", "--host", "0.0.0.0"]
 
