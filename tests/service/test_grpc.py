@@ -413,3 +413,48 @@ def test_sigterm_finishes_rpcs_in_flight_and_refuses_new_ones(repo: Path) -> Non
         caller.join(timeout=120)
     (answer,) = answers
     assert list(answer.outputs[0].shape) == [100_000, 3]
+
+
+def test_load_and_overload_give_only_answers_and_unavailable(repo: Path) -> None:
+    """The load test's gRPC leg: 8 callers × 5 calls against one computation slot and no
+    queue; every call is answered or refused with UNAVAILABLE (never another code), the
+    liveness RPC answers meanwhile, and the server computes normally afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    grpc_port = free_port()
+    env = {
+        "CNN_MODEL_REPOSITORY": str(repo),
+        "CNN_ENABLE_GRPC": "true",
+        "CNN_GRPC_PORT": str(grpc_port),
+        "CNN_MAX_CONCURRENCY": "1",
+        "CNN_MAX_QUEUE": "0",
+        "CNN_QUEUE_TIMEOUT": "0.05",
+    }
+    x = np.random.default_rng(5).standard_normal((20_000, 1, 6, 6))
+    heavy = pb.ModelInferRequest(model_name="tiny64", inputs=[_x(list(x.shape), "FP64")])
+    heavy.raw_input_contents.append(x.tobytes())
+    heavy.outputs.add(name="out")
+    codes: list[str] = []
+    with serve(env=env), grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def caller(_: int) -> None:
+            for _ in range(5):
+                try:
+                    stub.ModelInfer(heavy, timeout=60)
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+
+        with ThreadPoolExecutor(8) as pool:
+            running = list(pool.map(lambda i: pool.submit(caller, i), range(8)))
+            while not all(f.done() for f in running):
+                assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+                time.sleep(0.05)
+            for f in running:
+                f.result()
+        answer = stub.ModelInfer(_request(_x([1, 1, 6, 6]), raw=[ZEROS]), timeout=30)
+    assert len(codes) == 40
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, set(codes)
+    assert "OK" in codes
+    assert list(answer.outputs[0].shape) == [1, 3]
