@@ -264,15 +264,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Limits and options; read from ``CNN_*`` environment variables when omitted.
     """
     from .routes import ALL_ROUTERS, docs  # routes import schemas, which import this package
+    from .ui.routes import router as ui_router
     from .v2.routes import router as v2_router
 
-    routers = [*ALL_ROUTERS, v2_router]
+    routers = [*ALL_ROUTERS, v2_router, ui_router]
 
     settings = settings or Settings()
     app = FastAPI(
         title="cnn-service",
         version=__version__,
         summary="Convolution, pooling and fully connected layers: forward and backward over HTTP.",
+        description="The tutorial's forward and backward passes, computed live by this API: "
+        "[the page at /](/) ([中文](/?lang=zh)).",
         docs_url=None,  # served from local assets by routes.docs (works offline)
         redoc_url=None,
         lifespan=_lifespan(settings),

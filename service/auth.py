@@ -6,8 +6,8 @@ neither set the service is open and :class:`ApiKeyMiddleware` is not installed a
 an open service pays nothing per request.
 
 Open whatever the keys: the probes and the scrape target (``/health/*``, ``/v2/health/*``,
-``/metrics``) and the documentation (``/docs``, ``/redoc``, ``/openapi.json``, their static
-assets). Everything else needs a key, the V2 server metadata ``GET /v2`` and unknown paths
+``/metrics``), the documentation (``/docs``, ``/redoc``, ``/openapi.json``, their static
+assets) and the tutorial page (``/``, ``/ui/*``, which asks for a key before it computes). Everything else needs a key, the V2 server metadata ``GET /v2`` and unknown paths
 included (an unauthenticated caller learns nothing about which routes exist).
 """
 
@@ -28,8 +28,8 @@ from .problems import is_v2_path, problem_response
 from .settings import Settings
 
 #: Paths that never need a key: exact paths, and prefixes (everything below them).
-OPEN_PATHS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json"})
-OPEN_PREFIXES = ("/health/", "/v2/health/", "/static/")
+OPEN_PATHS = frozenset({"/", "/metrics", "/docs", "/redoc", "/openapi.json"})
+OPEN_PREFIXES = ("/health/", "/v2/health/", "/static/", "/ui/")
 
 #: A key is visible ASCII without commas (RFC 6750's b64token is a subset), 1 to 256 chars.
 _KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")

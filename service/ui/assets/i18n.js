@@ -1,0 +1,142 @@
+// The page's words in English and in Chinese (the tutorial's own terms: 感受野, 步长,
+// 零填充, 反向传播 ...). Elements carry data-i18n="<key>"; ?lang=zh picks Chinese.
+
+export const STRINGS = {
+  en: {
+    title: "Convolutional layers, forward and backward, computed live",
+    intro: "Every number below is computed by this service's API as you edit.",
+    docs: "API docs",
+    key_label: "API key",
+    key_use: "Use key",
+    key_needed: "This service needs an API key: enter it above (kept for this tab only).",
+    conv_title: "1. Convolution, forward",
+    conv_intro: "Each output cell is the sum of its receptive field in x, multiplied element by element by w, plus b.",
+    x: "x",
+    w: "w (kernel)",
+    stride: "stride",
+    padding: "zero padding",
+    out_cap: "out (select a cell)",
+    sum_of: "receptive field of out",
+    back_title: "2. Convolution, backward",
+    back_intro: "Given ∂L/∂u (dout), backpropagation gives ∂L/∂w, ∂L/∂x and ∂L/∂b.",
+    dout: "dout (∂L/∂u)",
+    rel1: "∂L/∂w = x ⋆ ∂L/∂u",
+    rel1_cap: "x convolved with dout",
+    rel2: "∂L/∂x = zero-padded ∂L/∂u ⋆ w rotated 180°",
+    padded_cap: "dout, zero-padded",
+    rot_cap: "w rotated 180°",
+    rel2_cap: "their convolution",
+    equal: "equals the service's %s",
+    differs: "differs from the service's %s",
+    check_title: "Check your own answer",
+    check_intro: "Paste what you computed for the current example; the service compares it.",
+    check_which: "tensor",
+    check_yours: "your answer",
+    check_run: "Check",
+    passed: "Correct: %s",
+    failed: "Not yet: %s",
+    pool_title: "3. Pooling, forward and backward",
+    pool_intro: "2×2 windows, stride 2. Backward first upsamples ∂L/∂u to the input's size, then keeps it where the maximum was (max) or spreads it evenly (average).",
+    upsampled: "dout upsampled",
+    max_out: "max: out",
+    max_dx: "max: dx (the first maximum of each window)",
+    avg_out: "average: out",
+    avg_dx: "average: dx (dout / 4)",
+    shapes_title: "4. Shapes",
+    F: "F (kernel)",
+    K: "K (filters)",
+    S: "S (stride)",
+    P: "P (zero padding)",
+    params: "parameters",
+    unused: "(W₁ − F + 2P) / S is not a whole number: the last %d column(s) and %d row(s) of the padded input are never covered by the kernel, and are left out.",
+    exact: "The kernel covers the padded input exactly.",
+    digits_title: "5. Draw a digit",
+    digits_intro: "Draw on the 8×8 grid; the served digits model answers with its probabilities, and the gradient of the predicted class's score with respect to each pixel (its saliency).",
+    clear: "Clear",
+    probs: "probabilities",
+    saliency: "saliency (∂ score / ∂ pixel)",
+    predicted: "predicted: %s",
+    computing: "Computing…",
+    ready: "Up to date.",
+    footer: "From the tutorial's derivation of convolution and pooling backward. Numbers: cnn-service.",
+  },
+  zh: {
+    title: "卷积层的前向与反向传播，实时计算",
+    intro: "下面每一个数都由本服务的 API 在你编辑时计算出来。",
+    docs: "API 文档",
+    key_label: "API 密钥",
+    key_use: "使用密钥",
+    key_needed: "本服务需要 API 密钥：请在上方输入（只保存在此标签页）。",
+    conv_title: "1. 卷积，前向传播",
+    conv_intro: "每个输出单元是 x 中它的感受野与卷积核 w 逐元素相乘之和，再加上偏置 b。",
+    x: "x（输入）",
+    w: "w（卷积核）",
+    stride: "步长",
+    padding: "零填充",
+    out_cap: "输出 u（选择一个单元）",
+    sum_of: "感受野：输出",
+    back_title: "2. 卷积，反向传播",
+    back_intro: "给定 ∂L/∂u（dout），反向传播求出 ∂L/∂w、∂L/∂x 和 ∂L/∂b。",
+    dout: "dout（∂L/∂u）",
+    rel1: "∂L/∂w = x ⋆ ∂L/∂u",
+    rel1_cap: "x 与 dout 的卷积",
+    rel2: "∂L/∂x = 零填充后的 ∂L/∂u ⋆ 旋转 180° 的 w",
+    padded_cap: "零填充后的 dout",
+    rot_cap: "旋转 180° 的卷积核",
+    rel2_cap: "二者的卷积",
+    equal: "与服务算出的 %s 相同",
+    differs: "与服务算出的 %s 不同",
+    check_title: "检查你自己的答案",
+    check_intro: "粘贴你对当前例子算出的结果，由服务来比较。",
+    check_which: "张量",
+    check_yours: "你的答案",
+    check_run: "检查",
+    passed: "正确：%s",
+    failed: "还不对：%s",
+    pool_title: "3. 池化，前向与反向传播",
+    pool_intro: "2×2 窗口，步长 2。反向传播先把 ∂L/∂u 上采样到输入的大小，再只保留最大值所在位置（最大池化）或平均分配（平均池化）。",
+    upsampled: "上采样后的 dout",
+    max_out: "最大池化：输出",
+    max_dx: "最大池化：dx（每个窗口的第一个最大值）",
+    avg_out: "平均池化：输出",
+    avg_dx: "平均池化：dx（dout / 4）",
+    shapes_title: "4. 尺寸",
+    F: "F（卷积核大小）",
+    K: "K（卷积核个数）",
+    S: "S（步长）",
+    P: "P（零填充）",
+    params: "参数个数",
+    unused: "(W₁ − F + 2P) / S 不是整数：填充后输入的最后 %d 列和 %d 行不会被卷积核覆盖，被舍去。",
+    exact: "卷积核恰好覆盖填充后的输入。",
+    digits_title: "5. 手写一个数字",
+    digits_intro: "在 8×8 网格上书写；服务中的 digits 模型给出各类别的概率，以及预测类别得分对每个像素的梯度（显著图）。",
+    clear: "清除",
+    probs: "概率",
+    saliency: "显著图（∂ 得分 / ∂ 像素）",
+    predicted: "预测：%s",
+    computing: "计算中…",
+    ready: "已更新。",
+    footer: "依据教程中卷积与池化的反向传播推导。所有数值：cnn-service。",
+  },
+};
+
+/** The page's language: ?lang=zh for Chinese, English otherwise. */
+export function language() {
+  const lang = new URLSearchParams(location.search).get("lang");
+  return lang === "zh" ? "zh" : "en";
+}
+
+/** The string ``key`` in the page's language, with each %s / %d filled from ``args``. */
+export function t(key, ...args) {
+  const text = STRINGS[language()][key] ?? STRINGS.en[key] ?? key;
+  let i = 0;
+  return text.replace(/%[sd]/g, () => String(args[i++]));
+}
+
+/** Put every data-i18n element's text in the page's language. */
+export function translate(root = document) {
+  document.documentElement.lang = language() === "zh" ? "zh-Hans" : "en";
+  for (const el of root.querySelectorAll("[data-i18n]")) {
+    el.textContent = t(el.dataset.i18n);
+  }
+}
