@@ -7,8 +7,9 @@ an open service pays nothing per request.
 
 Open whatever the keys: the probes and the scrape target (``/health/*``, ``/v2/health/*``,
 ``/metrics``), the documentation (``/docs``, ``/redoc``, ``/openapi.json``, their static
-assets) and the tutorial page (``/``, ``/ui/*``, which asks for a key before it computes). Everything else needs a key, the V2 server metadata ``GET /v2`` and unknown paths
-included (an unauthenticated caller learns nothing about which routes exist).
+assets) and the tutorial page (``/``, ``/ui/*``, which asks for a key before it computes).
+Everything else needs a key, the V2 server metadata ``GET /v2`` and unknown paths included
+(an unauthenticated caller learns nothing about which routes exist).
 """
 
 from __future__ import annotations
