@@ -59,6 +59,7 @@ from .geometry import _check_shape, _short
 from .layer_ops import CONV2D, IDENTITY, LINEAR, POOL2D, RELU
 from .matmul import GEMM, MATMUL
 from .op import Memory, Op, Shape, nbytes
+from .pointwise import OPS as POINTWISE_OPS
 from .shape_ops import CONCAT, FLATTEN, PAD, RESHAPE
 from .validation import FLOAT_DTYPES, as_float_array, check_dout
 
@@ -94,6 +95,7 @@ OPS: dict[str, Op] = {
         MATMUL,
         SOFTMAX,
         PAD,
+        *POINTWISE_OPS,
     )
 }
 """Every op a node may name, by name (see :mod:`cnncore.op` for what an op provides)."""

@@ -406,7 +406,16 @@ class _Importer:
         fold = _FOLDERS.get(node.op_type)
         # A reshaped weight is not folded: it stays a graph input, so its gradient reaches it.
         reshaped_weight = node.op_type == "Reshape" and self._float_init(ctx.inputs[0])
-        if fold is not None and self._all_constant(ctx) and not reshaped_weight:
+        # Arithmetic on a float initializer (a layer-scale weight, say) stays a node too.
+        weight_arithmetic = node.op_type in _ARITHMETIC and any(
+            self._float_init(n) for n in ctx.inputs
+        )
+        if (
+            fold is not None
+            and self._all_constant(ctx)
+            and not reshaped_weight
+            and not weight_arithmetic
+        ):
             self._fold(ctx, fold)
             return
         handler = _HANDLERS.get(node.op_type)
@@ -810,9 +819,32 @@ def _batchnorm(imp: _Importer, ctx: _Ctx) -> None:
     )
 
 
-def _add(imp: _Importer, ctx: _Ctx) -> None:
+def _binary(op: str) -> Callable[[_Importer, _Ctx], None]:
+    """``Mul``, ``Sub``, ``Div`` (and ``Add``): numpy broadcasting, no attributes."""
+
+    def convert(imp: _Importer, ctx: _Ctx) -> None:
+        _check_attrs(ctx, ())
+        imp.emit(ctx, op, ctx.inputs[:2])
+
+    return convert
+
+
+def _hard_sigmoid(imp: _Importer, ctx: _Ctx) -> None:
+    _check_attrs(ctx, {"alpha", "beta"})
+    alpha = float(ctx.attrs.get("alpha", 0.2))
+    beta = float(ctx.attrs.get("beta", 0.5))
+    imp.emit(ctx, "hard_sigmoid", ctx.inputs[:1], {"alpha": alpha, "beta": beta})
+
+
+def _pow(imp: _Importer, ctx: _Ctx) -> None:
+    """``Pow`` with a constant scalar exponent (``x ** 2`` of a variance, ``** 0.5``)."""
     _check_attrs(ctx, ())
-    imp.emit(ctx, "add", ctx.inputs[:2])
+    if ctx.inputs[1] not in imp.consts:
+        raise ctx.error("the exponent must be a constant", attr="input")
+    exponent = imp.consts[ctx.inputs[1]].value
+    if exponent.size != 1:
+        raise ctx.error(f"the exponent must be a scalar, it has shape {list(exponent.shape)}")
+    imp.emit(ctx, "pow", ctx.inputs[:1], {"exponent": float(exponent.reshape(()))})
 
 
 def _concat(imp: _Importer, ctx: _Ctx) -> None:
@@ -966,7 +998,17 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Relu": _unary("relu"),
     "Clip": _clip,
     "BatchNormalization": _batchnorm,
-    "Add": _add,
+    "Add": _binary("add"),
+    "Sub": _binary("sub"),
+    "Mul": _binary("mul"),
+    "Div": _binary("div"),
+    "Sigmoid": _unary("sigmoid"),
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _unary("hard_swish"),
+    "Tanh": _unary("tanh"),
+    "Sqrt": _unary("sqrt"),
+    "Neg": _unary("neg"),
+    "Pow": _pow,
     "Concat": _concat,
     "Flatten": _flatten,
     "Reshape": _reshape,
@@ -1218,6 +1260,38 @@ def _fold_expand(imp: _Importer, ctx: _Ctx) -> _Const:
     return _same(data, lambda a: np.broadcast_to(a, target).copy())
 
 
+def _integer_division(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX's Div: true division for floats, truncation toward zero for integers."""
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        if np.any(b == 0):
+            raise ValueError("division by zero")
+        return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(np.result_type(a, b))
+    return np.divide(a, b)
+
+
+_ARITHMETIC: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": _integer_division,
+}
+"""Arithmetic folded on constant inputs (shape computations: ShuffleNet's channels / 2)."""
+
+
+def _fold_arithmetic(imp: _Importer, ctx: _Ctx) -> _Const:
+    _check_attrs(ctx, ())
+    a, b = (imp.consts[n].plain() for n in ctx.inputs[:2])
+    if a is None or b is None:
+        raise ctx.error(
+            f"{ctx.op} of a size that depends on the batch is not supported", attr="input"
+        )
+    try:
+        value = _ARITHMETIC[ctx.op](a, b)
+    except ValueError as exc:
+        raise ctx.error(f"cannot fold {ctx.op}: {exc}", attr="input") from None
+    return _Const(np.asarray(value))
+
+
 def _fold_identity(imp: _Importer, ctx: _Ctx) -> _Const:
     c = imp.consts[ctx.inputs[0]]
     return _Const(c.value, c.batch, c.init)
@@ -1238,4 +1312,5 @@ _FOLDERS: dict[str, Callable[[_Importer, _Ctx], _Const]] = {
     "Expand": _fold_expand,
     "Reshape": _fold_reshape,
     "Identity": _fold_identity,
+    **dict.fromkeys(_ARITHMETIC, _fold_arithmetic),
 }

@@ -732,8 +732,8 @@ REFUSED = [
     ),
     _refusal(
         "unnamed-node",
-        [helper.make_node("Sigmoid", ["input"], ["y"])],
-        'node "#0" (Sigmoid): operator Sigmoid is not supported',
+        [helper.make_node("Erf", ["input"], ["y"])],
+        'node "#0" (Erf): operator Erf is not supported',
     ),
     _refusal(
         "transpose-of-weight",

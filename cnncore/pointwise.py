@@ -1,0 +1,231 @@
+"""Point-wise graph ops of the mobile CNNs: activations and broadcasting arithmetic.
+
+Each is an :class:`cnncore.op.Op`; see :mod:`cnncore.op`. They keep their operands'
+dtype (numpy's promotion when two differ) and never write into their inputs.
+
+Activations (``x`` in, same shape out; ``d`` is the derivative used by backward):
+
+- ``sigmoid``: ``1 / (1 + exp(-x))``, from ``exp(-|x|)`` so that neither tail overflows
+  or cancels; ``d = y (1 - y)``. SiLU/Swish is ``x * sigmoid(x)`` (a ``mul`` node).
+- ``hard_sigmoid(alpha, beta)``: ``clip(alpha x + beta, 0, 1)``; ``d = alpha`` strictly
+  inside ``(0, 1)``, 0 elsewhere (ONNX's defaults alpha 0.2, beta 0.5; PyTorch exports
+  1/6 and 0.5).
+- ``hard_swish``: ``x * clip(x / 6 + 1/2, 0, 1)``; ``d`` is 0 below -3, ``x / 3 + 1/2``
+  from -3 to 3 and 1 above, PyTorch's ``hardswish_backward`` (which takes the middle
+  branch at exactly 3).
+- ``tanh``: ``d = 1 - y^2``. ``sqrt``: ``d = 1 / (2 y)``. ``neg``: ``d = -1``.
+- ``pow(exponent)``: ``x ** p`` for a constant ``p``; ``d = p x ** (p - 1)``.
+
+Arithmetic with numpy broadcasting (``a``, ``b`` in), each operand's gradient summed back
+to its own shape (:func:`cnncore.op.sum_to_shape`): ``mul`` (``da = dout b``,
+``db = dout a``), ``sub`` (``da = dout``, ``db = -dout``), ``div`` (``da = dout / b``,
+``db = -dout a / b^2``). Squeeze-and-excitation's ``(N, C, 1, 1) * (N, C, H, W)`` is a
+``mul``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .elementwise import broadcast_shape
+from .op import (
+    Memory,
+    Op,
+    Shape,
+    attr_float,
+    broadcast_per_sample,
+    first_only,
+    nbytes,
+    no_attrs,
+    sum_to_shape,
+)
+
+# --------------------------------------------------------------------------- activations
+
+
+def _same_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
+    shape = tuple(shapes[0])
+    return shape, 4 * math.prod(shape)  # a few operations per element
+
+
+def _temporaries(
+    forward: int, backward: int
+) -> Callable[[Sequence[Shape], Shape, dict[str, Any], int], Memory]:
+    """``memory`` of an op whose forward and backward hold at most ``forward`` and
+    ``backward`` temporaries of the input's size at once, besides their results (what the
+    numpy expressions below allocate, boolean masks counted as whole arrays)."""
+
+    def memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
+        size = nbytes(shapes[0], isz)
+        return Memory(forward=forward * size, backward=backward * size)
+
+    return memory
+
+
+def _activation(
+    name: str,
+    value: Callable[[np.ndarray, dict[str, Any]], np.ndarray],
+    slope: Callable[[np.ndarray, np.ndarray, dict[str, Any]], np.ndarray],
+    *,
+    attrs: Callable[[Mapping[str, Any]], dict[str, Any]] = no_attrs,
+    attr_names: tuple[str, ...] = (),
+    temporaries: tuple[int, int] = (2, 2),
+) -> Op:
+    """An activation ``y = value(x)`` with backward ``dout * slope(x, y)``."""
+
+    def forward(inputs: Sequence[np.ndarray], a: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        (x,) = inputs
+        y = value(x, a).astype(x.dtype, copy=False)
+        return y, (x, y, a)
+
+    def infer(inputs: Sequence[np.ndarray], a: dict[str, Any]) -> np.ndarray:
+        (x,) = inputs
+        return value(x, a).astype(x.dtype, copy=False)
+
+    def backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
+        x, y, a = cache
+        return ((dout * slope(x, y, a)).astype(x.dtype, copy=False),)
+
+    return Op(
+        name=name,
+        inputs=("x",),
+        attrs=attrs,
+        attr_names=attr_names,
+        shape=_same_shape,
+        forward=forward,
+        infer=infer,
+        backward=backward,
+        memory=_temporaries(*temporaries),
+        per_sample=first_only,
+    )
+
+
+def _sigmoid(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    e = np.abs(x)
+    np.negative(e, out=e)
+    np.exp(e, out=e)  # exp(-|x|) in (0, 1]: no overflow on either side
+    y = np.where(x >= 0, 1, e).astype(x.dtype, copy=False)  # 1 / (1 + e), or e / (1 + e)
+    e += 1
+    y /= e
+    return y
+
+
+SIGMOID = _activation("sigmoid", _sigmoid, lambda x, y, a: y * (1 - y), temporaries=(2, 2))
+
+
+def _hard_sigmoid_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "alpha": attr_float(raw.get("alpha", 0.2), "alpha"),
+        "beta": attr_float(raw.get("beta", 0.5), "beta"),
+    }
+
+
+def _hard_sigmoid_slope(x: np.ndarray, y: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    z = a["alpha"] * x + a["beta"]
+    return np.where((z > 0) & (z < 1), a["alpha"], 0).astype(x.dtype)
+
+
+HARD_SIGMOID = _activation(
+    "hard_sigmoid",
+    lambda x, a: np.clip(a["alpha"] * x + a["beta"], 0, 1),
+    _hard_sigmoid_slope,
+    attrs=_hard_sigmoid_attrs,
+    attr_names=("alpha", "beta"),
+    temporaries=(2, 4),
+)
+
+
+def _hard_swish_slope(x: np.ndarray, y: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    return np.where(x < -3, 0, np.where(x <= 3, x / 3 + 0.5, 1)).astype(x.dtype)
+
+
+HARD_SWISH = _activation(
+    "hard_swish",
+    lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+    _hard_swish_slope,
+    temporaries=(3, 6),
+)
+TANH = _activation("tanh", lambda x, a: np.tanh(x), lambda x, y, a: 1 - y * y)
+SQRT = _activation("sqrt", lambda x, a: np.sqrt(x), lambda x, y, a: 0.5 / y)
+NEG = _activation("neg", lambda x, a: -x, lambda x, y, a: np.full_like(x, -1), temporaries=(0, 1))
+
+
+def _pow_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {"exponent": attr_float(raw.get("exponent"), "exponent")}
+
+
+POW = _activation(
+    "pow",
+    lambda x, a: x ** a["exponent"],
+    lambda x, y, a: a["exponent"] * x ** (a["exponent"] - 1),
+    attrs=_pow_attrs,
+    attr_names=("exponent",),
+)
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def _binary_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
+    out = broadcast_shape(shapes, ("a", "b"))
+    return out, math.prod(out)
+
+
+def _binary_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
+    return Memory(backward=2 * nbytes(out, isz))  # each operand's product before its sum
+
+
+def _arithmetic(
+    name: str,
+    value: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    grads: Callable[[np.ndarray, np.ndarray, np.ndarray, tuple[bool, ...]], tuple[Any, Any]],
+) -> Op:
+    """A broadcasting ``out = value(a, b)``; ``grads(dout, a, b, needs)`` gives the
+    broadcast gradients, summed back to each operand's shape here."""
+
+    def forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        a, b = inputs
+        return value(a, b), (a, b)
+
+    def backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
+        a, b = cache
+        da, db = grads(dout, a, b, needs)
+        return tuple(
+            None if g is None else sum_to_shape(g, op.shape).astype(op.dtype, copy=False)
+            for g, op in ((da, a), (db, b))
+        )
+
+    return Op(
+        name=name,
+        inputs=("a", "b"),
+        attrs=no_attrs,
+        shape=_binary_shape,
+        forward=forward,
+        backward=backward,
+        memory=_binary_memory,
+        per_sample=broadcast_per_sample,
+    )
+
+
+MUL = _arithmetic(
+    "mul",
+    np.multiply,
+    lambda d, a, b, needs: (d * b if needs[0] else None, d * a if needs[1] else None),
+)
+SUB = _arithmetic(
+    "sub",
+    np.subtract,
+    lambda d, a, b, needs: (d if needs[0] else None, -d if needs[1] else None),
+)
+DIV = _arithmetic(
+    "div",
+    np.divide,
+    lambda d, a, b, needs: (d / b if needs[0] else None, -d * a / (b * b) if needs[1] else None),
+)
+
+OPS = (SIGMOID, HARD_SIGMOID, HARD_SWISH, TANH, SQRT, NEG, POW, MUL, SUB, DIV)
+"""Every op of this module, for :data:`cnncore.graph.OPS`."""
