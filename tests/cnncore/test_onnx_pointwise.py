@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -38,7 +37,7 @@ from cnncore.onnx import OnnxImportError, import_model
 from cnncore.op import first_only
 
 from .test_graph import _peak
-from .test_onnx import with_output_shape
+from .test_onnx import ort_forward, with_output_shape
 
 U64 = 2.0**-53
 U32 = 2.0**-24
@@ -72,14 +71,6 @@ def scalar(name: str, value: float, dtype: Any) -> Any:
         name=f"c_{name}",
         value=numpy_helper.from_array(np.asarray(value, dtype)),
     )
-
-
-def ort_run(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {"input": x})[0])
 
 
 def away_from(x: np.ndarray, kinks: tuple[float, ...], gap: float = 1e-2) -> np.ndarray:
@@ -184,7 +175,7 @@ def test_forward_equals_onnxruntime_and_gradients_central_differences(
     if transform is not None:
         x = transform(x) + 0.1
     x = away_from(x, kinks)
-    reference = ort_run(model(nodes, SHAPE, inits, ort_dtype), x.astype(ort_dtype))
+    reference = ort_forward(model(nodes, SHAPE, inits, ort_dtype), x.astype(ort_dtype))
     g = import_model(model(nodes, SHAPE, inits, ort_dtype))
     out, _ = g.forward(x.astype(ort_dtype))
     assert out.dtype == ort_dtype
