@@ -60,7 +60,7 @@ from .layer_ops import CONV2D, IDENTITY, LINEAR, POOL2D, RELU
 from .matmul import GEMM, MATMUL
 from .op import Memory, Op, Shape, nbytes
 from .pointwise import OPS as POINTWISE_OPS
-from .shape_ops import CONCAT, FLATTEN, PAD, RESHAPE
+from .shape_ops import CONCAT, FLATTEN, PAD, RESHAPE, SLICE, TRANSPOSE
 from .validation import FLOAT_DTYPES, as_float_array, check_dout
 
 __all__ = [
@@ -95,6 +95,8 @@ OPS: dict[str, Op] = {
         MATMUL,
         SOFTMAX,
         PAD,
+        TRANSPOSE,
+        SLICE,
         *POINTWISE_OPS,
     )
 }

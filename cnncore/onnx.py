@@ -31,6 +31,7 @@ computation's dtype, float32 unless the input is declared double.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -300,6 +301,8 @@ class _Importer:
     batches: tuple[int, int]
     consts: dict[str, _Const] = field(default_factory=dict)
     tensors: dict[str, _Tensor] = field(default_factory=dict)
+    #: SplitToSequence outputs: the node that split and each part's [start, end) on its axis.
+    sequences: dict[str, tuple[_Ctx, int, list[tuple[int, int]]]] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     params: dict[str, np.ndarray] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
@@ -401,7 +404,7 @@ class _Importer:
                 f"operator {node.op_type} of domain {node.domain} is not supported", attr="domain"
             )
         for name in ctx.inputs:
-            if name and name not in self.consts and name not in self.tensors:
+            if name and name not in self.consts and name not in self.tensors | self.sequences:
                 raise ctx.error(f'input "{name}" is not computed before this node', attr="input")
         fold = _FOLDERS.get(node.op_type)
         # A reshaped weight is not folded: it stays a graph input, so its gradient reaches it.
@@ -847,6 +850,145 @@ def _pow(imp: _Importer, ctx: _Ctx) -> None:
     imp.emit(ctx, "pow", ctx.inputs[:1], {"exponent": float(exponent.reshape(()))})
 
 
+def _batch_first(imp: _Importer, ctx: _Ctx) -> np.ndarray:
+    """The input's per-axis batch marks, refusing a tensor whose axis 0 is not the batch."""
+    marks = imp.tensors[ctx.inputs[0]].dims()
+    if len(marks) == 0 or marks[0] != _IS_BATCH:
+        raise ctx.error("the input's axis 0 is not the batch", attr="input")
+    return marks
+
+
+def _transpose(imp: _Importer, ctx: _Ctx) -> None:
+    """Transpose of a computed tensor: any permutation that keeps the batch on axis 0."""
+    _check_attrs(ctx, {"perm"})
+    marks = _batch_first(imp, ctx)
+    perm = [int(p) for p in ctx.attrs.get("perm", range(len(marks) - 1, -1, -1))]
+    if sorted(perm) != list(range(len(marks))):
+        raise ctx.error(f"perm {perm} is not a permutation of {len(marks)} axes", attr="perm")
+    if perm[0] != 0:
+        raise ctx.error(
+            f"perm {perm} moves the batch axis; only permutations keeping it first are supported",
+            attr="perm",
+        )
+    imp.emit(ctx, "transpose", ctx.inputs[:1], {"perm": tuple(perm)})
+
+
+def _windows(
+    imp: _Importer, ctx: _Ctx, bounds: dict[int, tuple[int, int]], output: str, suffix: str = ""
+) -> None:
+    """Emit a slice node keeping ``[start:end]`` on each axis of ``bounds`` (static sizes)."""
+    shape = imp.shape_of(ctx, 0)
+    starts = [0] * (len(shape) - 1)
+    ends = list(shape[1:])
+    for axis, (start, end) in bounds.items():
+        starts[axis - 1], ends[axis - 1] = start, end
+    imp.emit(
+        ctx,
+        "slice",
+        ctx.inputs[:1],
+        {"starts": tuple(starts), "ends": tuple(ends)},
+        output=output,
+        suffix=suffix,
+    )
+
+
+def _static_axis(ctx: _Ctx, marks: np.ndarray, axis: int, what: str) -> int:
+    axis = _axis(ctx, axis, len(marks), what)
+    if marks[axis] != _STATIC:
+        raise ctx.error(f"{what} {axis} has a size that depends on the batch", attr=what)
+    return axis
+
+
+def _slice(imp: _Importer, ctx: _Ctx) -> None:
+    """Slice of a computed tensor, step 1, on axes whose sizes do not depend on the batch."""
+    _check_attrs(ctx, ())
+    marks = _batch_first(imp, ctx)
+    shape = imp.shape_of(ctx, 0)
+    starts = imp.const_input(ctx, 1, "starts")
+    ends = imp.const_input(ctx, 2, "ends")
+    assert starts is not None  # required by the ONNX schema, which the checker enforces
+    assert ends is not None
+    axes = imp.const_input(ctx, 3, "axes")
+    steps = imp.const_input(ctx, 4, "steps")
+    axis_list = range(len(starts.reshape(-1))) if axes is None else axes.reshape(-1)
+    if steps is not None and np.any(steps != 1):
+        raise ctx.error(f"steps {steps.tolist()} are not supported (only 1)", attr="steps")
+    bounds = {}
+    for a, start, end in zip(axis_list, starts.reshape(-1), ends.reshape(-1), strict=True):
+        axis = _static_axis(ctx, marks, int(a), "axes")
+        n = shape[axis]
+        lo, hi = (int(v) + n if v < 0 else int(v) for v in (start, end))
+        bounds[axis] = (min(max(lo, 0), n), max(min(max(hi, 0), n), min(max(lo, 0), n)))
+    _windows(imp, ctx, bounds, ctx.outputs[0])
+
+
+def _split(imp: _Importer, ctx: _Ctx) -> None:
+    """Split of a computed tensor along an axis whose size does not depend on the batch
+    (ShuffleNetV2's channel split): one slice node per output."""
+    _check_attrs(ctx, {"axis", "split", "num_outputs"})
+    marks = _batch_first(imp, ctx)
+    axis = _static_axis(ctx, marks, int(ctx.attrs.get("axis", 0)), "axis")
+    size = imp.shape_of(ctx, 0)[axis]
+    given = ctx.attrs.get("split")
+    sizes = imp.const_input(ctx, 1, "split")
+    if sizes is None and given is not None:
+        sizes = np.asarray(given)
+    outputs = list(ctx.outputs)
+    if sizes is None:  # equal parts, the last one smaller when the size does not divide
+        part = -(-size // len(outputs))
+        sizes = np.array([min(part, size - k * part) for k in range(len(outputs))])
+    parts = [int(v) for v in sizes.reshape(-1)]
+    if len(parts) != len(outputs) or sum(parts) != size or min(parts) < 0:
+        raise ctx.error(
+            f"split {parts} does not cut axis {axis} of size {size} into {len(outputs)} parts",
+            attr="split",
+        )
+    start = 0
+    for k, (out, n) in enumerate(zip(outputs, parts, strict=True)):
+        if out:
+            _windows(imp, ctx, {axis: (start, start + n)}, out, suffix=f":{k}" if k else "")
+        start += n
+
+
+def _split_to_sequence(imp: _Importer, ctx: _Ctx) -> None:
+    """The dynamo exporter's ``chunk``: parts of a constant size (or the given sizes) along
+    an axis; nothing is computed until ``SequenceAt`` takes a part (a slice)."""
+    _check_attrs(ctx, {"axis", "keepdims"})
+    marks = _batch_first(imp, ctx)
+    axis = _static_axis(ctx, marks, int(ctx.attrs.get("axis", 0)), "axis")
+    size = imp.shape_of(ctx, 0)[axis]
+    split = imp.const_input(ctx, 1, "split")
+    if split is None:
+        raise ctx.error("a split into parts of size 1 (no split input) is not supported")
+    if split.ndim == 0:
+        step = int(split)
+        if step < 1:
+            raise ctx.error(f"split {step} must be positive", attr="split")
+        sizes = [min(step, size - k) for k in range(0, size, step)]
+    else:
+        sizes = [int(v) for v in split.reshape(-1)]
+    if sum(sizes) != size or min(sizes) < 0:
+        raise ctx.error(f"split {sizes} does not cut axis {axis} of size {size}", attr="split")
+    starts = np.cumsum([0, *sizes])
+    bounds = [(int(a), int(b)) for a, b in itertools.pairwise(starts)]
+    imp.sequences[ctx.outputs[0]] = (ctx, axis, bounds)
+
+
+def _sequence_at(imp: _Importer, ctx: _Ctx) -> None:
+    _check_attrs(ctx, ())
+    seq = imp.sequences.get(ctx.inputs[0])
+    if seq is None:
+        raise ctx.error(f'input "{ctx.inputs[0]}" is not a SplitToSequence output', attr="input")
+    split, axis, bounds = seq
+    position = imp.const_input(ctx, 1, "position")
+    assert position is not None  # required by the ONNX schema
+    k = int(position.reshape(()))
+    if not -len(bounds) <= k < len(bounds):
+        raise ctx.error(f"position {k} is out of range for {len(bounds)} parts", attr="position")
+    k %= len(bounds)
+    _windows(imp, split, {axis: bounds[k]}, ctx.outputs[0], suffix=f":{k}")
+
+
 def _concat(imp: _Importer, ctx: _Ctx) -> None:
     _check_attrs(ctx, {"axis"})
     axis = _axis(ctx, int(ctx.attrs["axis"]), imp.rank_of(ctx, 0), batch_ok=False)
@@ -1009,6 +1151,11 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Sqrt": _unary("sqrt"),
     "Neg": _unary("neg"),
     "Pow": _pow,
+    "Transpose": _transpose,
+    "Slice": _slice,
+    "Split": _split,
+    "SplitToSequence": _split_to_sequence,
+    "SequenceAt": _sequence_at,
     "Concat": _concat,
     "Flatten": _flatten,
     "Reshape": _reshape,

@@ -1,4 +1,5 @@
-"""Graph ops that move elements without arithmetic: flatten, reshape, concat, pad.
+"""Graph ops that move elements without arithmetic: flatten, reshape, concat, pad,
+transpose, slice.
 
 Each is an :class:`cnncore.op.Op` (see :mod:`cnncore.op`), with ONNX's meaning:
 
@@ -10,6 +11,11 @@ Each is an :class:`cnncore.op.Op` (see :mod:`cnncore.op`), with ONNX's meaning:
   negative allowed); the gradient is the upstream gradient cut back into pieces.
 - ``pad(x)``, ``pads`` in ONNX order (the beginnings of every axis, then the
   ends), ``value``: constant padding; a negative pad crops, as in ONNX.
+
+- ``transpose(x)``, ``perm``: ``np.transpose`` as a contiguous copy (the NHWC stretches of
+  ConvNeXt, the channel shuffle of ShuffleNet); the gradient is transposed back.
+- ``slice(x)``, ``starts``, ``ends``: one ``[start:end]`` for every axis after the batch
+  (step 1); the gradient is zero outside the window (ONNX's ``Slice`` and ``Split``).
 
 The gradients of flatten, reshape and concat are views of the upstream gradient
 (no copy), which the engine never writes into.
@@ -279,4 +285,108 @@ PAD = Op(
     forward=_pad_forward,
     backward=_pad_backward,
     per_sample=_pad_per_sample,
+)
+
+
+# --------------------------------------------------------------------------- transpose
+
+
+def _transpose_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    perm = attr_ints(raw.get("perm"), "perm")
+    if sorted(perm) != list(range(len(perm))):
+        raise ParameterError(
+            f"perm must order the axes 0..{len(perm) - 1}, got {list(perm)}", arg="perm"
+        )
+    return {"perm": perm}
+
+
+def _transpose_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
+    shape = _check_shape(shapes[0], "x")
+    perm = attrs["perm"]
+    if len(perm) != len(shape):
+        raise ShapeError(f"perm {list(perm)} does not fit a {len(shape)}-D input {shape}", arg="x")
+    return tuple(shape[p] for p in perm), 0
+
+
+def _transpose_forward(
+    inputs: Sequence[np.ndarray], attrs: dict[str, Any]
+) -> tuple[np.ndarray, Any]:
+    # A contiguous copy: the next op (a LayerNorm over channels-last, a MatMul) reads it whole.
+    return np.ascontiguousarray(np.transpose(inputs[0], attrs["perm"])), attrs["perm"]
+
+
+def _transpose_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
+    return (np.ascontiguousarray(np.transpose(dout, np.argsort(cache))),)
+
+
+def _transpose_per_sample(shapes: Sequence[Shape], batched: tuple[bool, ...], attrs: Any) -> bool:
+    return batched[0] and attrs["perm"][0] == 0  # the batch stays on axis 0
+
+
+TRANSPOSE = Op(
+    name="transpose",
+    inputs=("x",),
+    attr_names=("perm",),
+    attrs=_transpose_attrs,
+    shape=_transpose_shape,
+    forward=_transpose_forward,
+    backward=_transpose_backward,
+    per_sample=_transpose_per_sample,
+)
+
+
+# --------------------------------------------------------------------------- slice
+
+
+def _slice_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    starts = attr_ints(raw.get("starts"), "starts")
+    ends = attr_ints(raw.get("ends"), "ends")
+    if len(starts) != len(ends) or any(s < 0 or e < s for s, e in zip(starts, ends, strict=True)):
+        raise ParameterError(
+            f"starts {list(starts)} and ends {list(ends)} must pair up, 0 <= start <= end",
+            arg="starts",
+        )
+    return {"starts": starts, "ends": ends}
+
+
+def _slice_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
+    shape = _check_shape(shapes[0], "x")
+    starts, ends = attrs["starts"], attrs["ends"]
+    if len(starts) != len(shape) - 1 or any(e > n for e, n in zip(ends, shape[1:], strict=True)):
+        raise ShapeError(
+            f"slice [{', '.join(f'{s}:{e}' for s, e in zip(starts, ends, strict=True))}] "
+            f"does not fit the axes after the batch of {shape}",
+            arg="x",
+        )
+    return (shape[0], *(e - s for s, e in zip(starts, ends, strict=True))), 0
+
+
+def _window(attrs: dict[str, Any]) -> tuple[slice, ...]:
+    return (
+        slice(None),
+        *(slice(s, e) for s, e in zip(attrs["starts"], attrs["ends"], strict=True)),
+    )
+
+
+def _slice_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tuple[np.ndarray, Any]:
+    (x,) = inputs
+    return x[_window(attrs)].copy(), (x.shape, x.dtype, _window(attrs))
+
+
+def _slice_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
+    shape, dtype, window = cache
+    dx = np.zeros(shape, dtype=dtype)
+    dx[window] = dout
+    return (dx,)
+
+
+SLICE = Op(
+    name="slice",
+    inputs=("x",),
+    attr_names=("starts", "ends"),
+    attrs=_slice_attrs,
+    shape=_slice_shape,
+    forward=_slice_forward,
+    backward=_slice_backward,
+    per_sample=first_only,
 )

@@ -703,10 +703,10 @@ REFUSED = [
         'input "input" is computed from the model input',
     ),
     _refusal(
-        "transpose-computed",
-        [node("Transpose", ["input"], perm=[0, 1, 3, 2])],
-        'node "Transpose_node" (Transpose): Transpose is supported only on constant inputs '
-        '(folded at load time); input "input" is computed from the model input',
+        "transpose-moves-batch",
+        [node("Transpose", ["input"], perm=[1, 0, 2, 3])],
+        'node "Transpose_node" (Transpose): perm [1, 0, 2, 3] moves the batch axis; only '
+        "permutations keeping it first are supported",
     ),
     _refusal(
         "reducemean-batch",

@@ -28,7 +28,7 @@ def within(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str) -> N
 
 def test_fixture_set_is_complete() -> None:
     models = {f.model for f in FIXTURES}
-    assert len(models) == 7
+    assert len(models) == 10
     for model in models:
         assert {f.exporter for f in FIXTURES if f.model == model} == {"legacy", "dynamo"}
     assert {f.opset for f in FIXTURES if f.exporter == "legacy"} == {17}
