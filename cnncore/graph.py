@@ -57,6 +57,7 @@ from .elementwise import ADD, CLIP, GLOBAL_AVG_POOL, REDUCE_MEAN, SOFTMAX
 from .errors import CnnError, ParameterError, ShapeError
 from .geometry import _check_shape, _short
 from .layer_ops import CONV2D, IDENTITY, LINEAR, POOL2D, RELU
+from .layernorm import LAYER_NORM
 from .matmul import GEMM, MATMUL
 from .op import Memory, Op, Shape, nbytes
 from .pointwise import OPS as POINTWISE_OPS
@@ -97,6 +98,7 @@ OPS: dict[str, Op] = {
         PAD,
         TRANSPOSE,
         SLICE,
+        LAYER_NORM,
         *POINTWISE_OPS,
     )
 }

@@ -989,6 +989,30 @@ def _sequence_at(imp: _Importer, ctx: _Ctx) -> None:
     _windows(imp, split, {axis: bounds[k]}, ctx.outputs[0], suffix=f":{k}")
 
 
+def _layer_norm(imp: _Importer, ctx: _Ctx) -> None:
+    """LayerNormalization over the axes from ``axis`` on (never the batch); only its first
+    output (the saved mean and inverse deviation are training outputs)."""
+    _check_attrs(ctx, {"axis", "epsilon", "stash_type"})
+    rank = imp.rank_of(ctx, 0)
+    axis = _axis(ctx, int(ctx.attrs.get("axis", -1)), rank, "axis")
+    if axis == 0:
+        raise ctx.error("normalizing over the batch axis (axis 0) is not supported", attr="axis")
+    if int(ctx.attrs.get("stash_type", 1)) != 1:
+        raise ctx.error("stash_type other than 1 (float) is not supported", attr="stash_type")
+    attrs = {"axis": axis, "epsilon": float(ctx.attrs.get("epsilon", 1e-5))}
+    imp.emit(ctx, "layer_norm", [n for n in ctx.inputs[:3] if n], attrs)
+    imp._check_extra_outputs(ctx, 1)
+
+
+def _gelu(imp: _Importer, ctx: _Ctx) -> None:
+    _check_attrs(ctx, {"approximate"})
+    approximate = ctx.attrs.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+    if approximate not in ("none", "tanh"):
+        raise ctx.error(f"approximate {approximate!r} is not supported", attr="approximate")
+    imp.emit(ctx, "gelu", ctx.inputs[:1], {"approximate": approximate})
+
+
 def _concat(imp: _Importer, ctx: _Ctx) -> None:
     _check_attrs(ctx, {"axis"})
     axis = _axis(ctx, int(ctx.attrs["axis"]), imp.rank_of(ctx, 0), batch_ok=False)
@@ -1151,6 +1175,9 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Sqrt": _unary("sqrt"),
     "Neg": _unary("neg"),
     "Pow": _pow,
+    "Erf": _unary("erf"),
+    "Gelu": _gelu,
+    "LayerNormalization": _layer_norm,
     "Transpose": _transpose,
     "Slice": _slice,
     "Split": _split,

@@ -15,6 +15,9 @@ Activations (``x`` in, same shape out; ``d`` is the derivative used by backward)
   branch at exactly 3).
 - ``tanh``: ``d = 1 - y^2``. ``sqrt``: ``d = 1 / (2 y)``. ``neg``: ``d = -1``.
 - ``pow(exponent)``: ``x ** p`` for a constant ``p``; ``d = p x ** (p - 1)``.
+- ``erf``: libm's ``erf`` element by element (in float64; numpy has no vectorised one),
+  ``d = 2 / sqrt(pi) exp(-x^2)``; ``gelu(approximate)``: ``x Phi(x)`` with the normal
+  CDF from ``erf`` (``"none"``) or the ``tanh`` approximation, as ONNX's ``Gelu``.
 
 Arithmetic with numpy broadcasting (``a``, ``b`` in), each operand's gradient summed back
 to its own shape (:func:`cnncore.op.sum_to_shape`): ``mul`` (``da = dout b``,
@@ -27,11 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .elementwise import broadcast_shape
+from .errors import ParameterError
 from .op import (
     Memory,
     Op,
@@ -154,6 +159,81 @@ SQRT = _activation("sqrt", lambda x, a: np.sqrt(x), lambda x, y, a: 0.5 / y)
 NEG = _activation("neg", lambda x, a: -x, lambda x, y, a: np.full_like(x, -1), temporaries=(0, 1))
 
 
+_erf = np.frompyfunc(math.erf, 1, 1)
+"""libm's erf, element by element (numpy has none; cnncore needs nothing but numpy)."""
+_SQRT1_2 = math.sqrt(0.5)
+_SQRT2_PI = math.sqrt(2 / math.pi)
+
+
+_ERF_CHUNK = 4096
+"""Elements per call of :data:`_erf`, whose Python floats take about 32 bytes each."""
+_ERF_CHUNK_BYTES = 64 * _ERF_CHUNK
+
+
+def _erf_value(x: np.ndarray) -> np.ndarray:
+    """erf(x) in float64, a chunk at a time (the Python objects stay a few hundred KB)."""
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    out = np.empty_like(flat)
+    for i in range(0, flat.size, _ERF_CHUNK):
+        out[i : i + _ERF_CHUNK] = _erf(flat[i : i + _ERF_CHUNK])
+    return out.reshape(np.shape(x))
+
+
+def _with_float64(
+    f64: tuple[int, int], same: tuple[int, int]
+) -> Callable[[Sequence[Shape], Shape, dict[str, Any], int], Memory]:
+    """``memory`` of an op computing through erf: ``f64`` float64 temporaries and ``same``
+    temporaries of the input's dtype (forward, backward), plus erf's chunk of objects."""
+
+    def memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
+        n = math.prod(shapes[0])
+        forward, backward = (
+            k64 * 8 * n + k * isz * n + _ERF_CHUNK_BYTES for k64, k in zip(f64, same, strict=True)
+        )
+        return Memory(forward=forward, backward=backward)
+
+    return memory
+
+
+ERF = replace(
+    _activation(
+        "erf",
+        lambda x, a: _erf_value(x),
+        lambda x, y, a: (2 / math.sqrt(math.pi)) * np.exp(-x * x),
+    ),
+    memory=_with_float64((2, 0), (0, 3)),
+)
+
+
+def _gelu_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    approximate = raw.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ParameterError(
+            f"approximate must be 'none' or 'tanh', got {approximate!r:.40}", arg="approximate"
+        )
+    return {"approximate": approximate}
+
+
+def _gelu(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    if a["approximate"] == "tanh":
+        return 0.5 * x * (1 + np.tanh(_SQRT2_PI * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + _erf_value(x * _SQRT1_2))
+
+
+def _gelu_slope(x: np.ndarray, y: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    if a["approximate"] == "tanh":
+        t = np.tanh(_SQRT2_PI * (x + 0.044715 * x**3))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT2_PI * (1 + 3 * 0.044715 * x * x)
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return 0.5 * (1 + _erf_value(x * _SQRT1_2)) + x * pdf
+
+
+GELU = replace(
+    _activation("gelu", _gelu, _gelu_slope, attrs=_gelu_attrs, attr_names=("approximate",)),
+    memory=_with_float64((3, 3), (3, 5)),
+)
+
+
 def _pow_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"exponent": attr_float(raw.get("exponent"), "exponent")}
 
@@ -227,5 +307,5 @@ DIV = _arithmetic(
     lambda d, a, b, needs: (d / b if needs[0] else None, -d * a / (b * b) if needs[1] else None),
 )
 
-OPS = (SIGMOID, HARD_SIGMOID, HARD_SWISH, TANH, SQRT, NEG, POW, MUL, SUB, DIV)
+OPS = (SIGMOID, HARD_SIGMOID, HARD_SWISH, TANH, SQRT, NEG, POW, ERF, GELU, MUL, SUB, DIV)
 """Every op of this module, for :data:`cnncore.graph.OPS`."""

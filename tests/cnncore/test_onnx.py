@@ -732,8 +732,8 @@ REFUSED = [
     ),
     _refusal(
         "unnamed-node",
-        [helper.make_node("Erf", ["input"], ["y"])],
-        'node "#0" (Erf): operator Erf is not supported',
+        [helper.make_node("LeakyRelu", ["input"], ["y"])],
+        'node "#0" (LeakyRelu): operator LeakyRelu is not supported',
     ),
     _refusal(
         "transpose-of-weight",

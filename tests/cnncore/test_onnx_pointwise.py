@@ -9,7 +9,8 @@ Forward tolerances, per case (``u`` is the unit roundoff of the dtype compared):
 - piecewise-linear activations (``HardSigmoid``, ``HardSwish``): at most three roundings
   on each side (a product, a sum, a product), each within ``u`` of the magnitudes
   involved, so the two differ by at most ``6·u·(1 + |x|)``;
-- transcendental ones (``Sigmoid``, ``Tanh``, ``Sqrt``, ``Pow``): an elementary function
+- layer normalization: see its case below (sums of ``D`` terms for the mean and variance);
+- transcendental ones (``Sigmoid``, ``Tanh``, ``Sqrt``, ``Pow``, ``Erf``): an elementary function
   (within 2 ulp in numpy's and onnxruntime's libraries) and at most two more roundings on
   each side give ``2·(4 + 2)·u`` relative to the result; onnxruntime's logistic goes
   through ``tanh`` (``(1 + tanh(x/2)) / 2``), which is accurate to ``u`` in absolute terms
@@ -23,6 +24,7 @@ on every input and parameter, with inputs kept away from the kinks of the piecew
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -116,6 +118,36 @@ CASES: dict[str, tuple[Any, ...]] = {
         np.float32,
     ),
     "hard-swish": ([node("HardSwish", ["input"])], {}, None, (-3.0, 3.0), "linear", np.float32),
+    "erf": ([node("Erf", ["input"])], {}, None, (), "transcendental", np.float32),
+    "gelu-erf-chain": (  # the legacy exporter's GELU: x * (1 + erf(x / sqrt 2)) / 2
+        [
+            scalar("r2", 1.4142135623730951, np.float32),
+            node("Div", ["input", "r2"], "d"),
+            node("Erf", ["d"], "e"),
+            scalar("one", 1.0, np.float32),
+            node("Add", ["e", "one"], "a"),
+            node("Mul", ["input", "a"], "m"),
+            scalar("half", 0.5, np.float32),
+            node("Mul", ["m", "half"]),
+        ],
+        {},
+        None,
+        (),
+        "transcendental",
+        np.float32,
+    ),
+    "layer-norm-channels-last": (
+        [
+            node("Transpose", ["input"], "t", perm=[0, 2, 3, 1]),
+            node("LayerNormalization", ["t", "S", "B"], "n", axis=-1, epsilon=1e-6),
+            node("Transpose", ["n"], perm=[0, 3, 1, 2]),
+        ],
+        {"S": (3,), "B": (3,)},
+        None,
+        (),
+        "layernorm",
+        np.float32,
+    ),
     "mul-se": (  # squeeze-and-excitation: x * sigmoid(mean over the plane), (N,C,1,1) x (N,C,H,W)
         [
             node("ReduceMean", ["input"], "m", axes=[2, 3]),
@@ -184,6 +216,14 @@ def test_forward_equals_onnxruntime_and_gradients_central_differences(
         np.testing.assert_array_equal(out, reference)
     elif kind == "linear":
         assert np.all(np.abs(out - reference) <= 6 * u * (1 + np.abs(x.astype(ort_dtype))))
+    elif kind == "layernorm":
+        # D-term sums for the mean and the variance, each within D·u of its magnitudes, move
+        # xhat by at most about 2·D·u·(1 + |xhat|) with |xhat| <= sqrt(D), on either side;
+        # times |scale| (the bias adds one rounding).
+        d = x.shape[1]
+        scale = np.abs(inits["S"]).max()
+        bound = 4 * (d + 2) * u * (1 + math.sqrt(d)) * scale + 2 * u * np.abs(reference)
+        assert np.all(np.abs(out - reference) <= bound)
     else:
         bound = 12 * u * np.abs(reference) + 4 * u * (1 + np.abs(x.astype(ort_dtype)))
         assert np.all(np.abs(out - reference) <= bound)
@@ -321,3 +361,44 @@ def test_working_bytes_bounds_what_the_new_ops_allocate(dtype: Any, backward: bo
 
     measured = _peak(one_pass)
     assert measured <= g.infer(shape).working_bytes(np.dtype(dtype).itemsize, backward=backward)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_opset_20(approximate: str, rng: np.random.Generator) -> None:
+    """ONNX's own Gelu (opset 20, the dynamo exporter's), both forms: bound as the
+    transcendental cases above; gradients by central differences in float64."""
+    m = model([node("Gelu", ["input"], approximate=approximate)], SHAPE, {}, np.float32)
+    m.opset_import[0].version = 20
+    x = (rng.standard_normal(SHAPE) * 3).astype(np.float32)
+    out, _ = import_model(m).forward(x)
+    reference = ort_forward(m, x)
+    assert np.all(
+        np.abs(out - reference) <= 12 * U32 * np.abs(reference) + 4 * U32 * (1 + np.abs(x))
+    )
+    m64 = model([node("Gelu", ["input"], approximate=approximate)], SHAPE, {}, np.float64)
+    m64.opset_import[0].version = 20
+    g = import_model(m64)
+    x64 = x.astype(np.float64)
+    out, cache = g.forward(x64)
+    dout = rng.standard_normal(out.shape)
+    assert_gradient(lambda: g.forward(x64)[0], x64, g.backward(dout, cache)["x"], dout=dout)
+
+
+@pytest.mark.parametrize("backward", [True, False], ids=["forward+backward", "forward"])
+def test_working_bytes_bounds_layer_norm_and_gelu(backward: bool) -> None:
+    nodes = [
+        node("Transpose", ["input"], "t", perm=[0, 2, 3, 1]),
+        node("LayerNormalization", ["t", "S", "B"], "n", axis=-1),
+        node("Erf", ["n"], "e"),
+        node("Transpose", ["e"], perm=[0, 3, 1, 2]),
+    ]
+    shape = (16, 3, 20, 20)
+    g = import_model(model(nodes, shape, {"S": np.ones(3), "B": np.zeros(3)}, np.float32))
+
+    def one_pass() -> None:
+        x = np.ones(shape, dtype=np.float32)
+        out, cache = g.forward(x, backward=backward)
+        if backward:
+            g.backward(np.ones(out.shape, dtype=np.float32), cache)
+
+    assert _peak(one_pass) <= g.infer(shape).working_bytes(4, backward=backward)
