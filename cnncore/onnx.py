@@ -950,6 +950,50 @@ def _split(imp: _Importer, ctx: _Ctx) -> None:
         start += n
 
 
+def _squeeze_axes(imp: _Importer, ctx: _Ctx) -> list[int] | None:
+    """The ``axes`` of Squeeze/Unsqueeze: a constant input from opset 13, else an attribute."""
+    if imp.opset >= 13:
+        _check_attrs(ctx, ())
+        given = imp.const_input(ctx, 1, "axes")
+        return None if given is None else [int(a) for a in given.reshape(-1)]
+    _check_attrs(ctx, {"axes"})
+    return [int(a) for a in ctx.attrs["axes"]] if "axes" in ctx.attrs else None
+
+
+def _reshaped(imp: _Importer, ctx: _Ctx, dims: list[int]) -> None:
+    """Emit a reshape to ``dims`` (static sizes after the batch, which stays first)."""
+    imp.emit(ctx, "reshape", ctx.inputs[:1], {"shape": (0, *dims)})
+
+
+def _unsqueeze(imp: _Importer, ctx: _Ctx) -> None:
+    """Unsqueeze of a computed tensor: size-1 axes anywhere after the batch."""
+    _batch_first(imp, ctx)
+    axes = _squeeze_axes(imp, ctx)
+    if axes is None:
+        raise ctx.error("axes are required", attr="axes")
+    shape = list(imp.shape_of(ctx, 0))
+    out_rank = len(shape) + len(axes)
+    norm = sorted(_axis(ctx, a, out_rank, "axes") for a in axes)
+    if len(set(norm)) != len(norm) or norm[0] == 0:
+        raise ctx.error(f"axes {axes} repeat an axis or come before the batch", attr="axes")
+    rest = iter(shape[1:])
+    _reshaped(imp, ctx, [1 if i in norm else next(rest) for i in range(1, out_rank)])
+
+
+def _squeeze(imp: _Importer, ctx: _Ctx) -> None:
+    """Squeeze of a computed tensor: size-1 axes after the batch (all of them by default)."""
+    marks = _batch_first(imp, ctx)
+    axes = _squeeze_axes(imp, ctx)
+    shape = imp.shape_of(ctx, 0)
+    if axes is None:
+        norm = [i for i in range(1, len(shape)) if shape[i] == 1 and marks[i] == _STATIC]
+    else:
+        norm = sorted({_axis(ctx, a, len(shape), "axes") for a in axes})
+    if any(a == 0 or shape[a] != 1 or marks[a] != _STATIC for a in norm):
+        raise ctx.error(f"axes {norm} of shape {list(shape)} are not all 1", attr="axes")
+    _reshaped(imp, ctx, [shape[i] for i in range(1, len(shape)) if i not in norm])
+
+
 def _split_to_sequence(imp: _Importer, ctx: _Ctx) -> None:
     """The dynamo exporter's ``chunk``: parts of a constant size (or the given sizes) along
     an axis; nothing is computed until ``SequenceAt`` takes a part (a slice)."""
@@ -1179,6 +1223,8 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Gelu": _gelu,
     "LayerNormalization": _layer_norm,
     "Transpose": _transpose,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
     "Slice": _slice,
     "Split": _split,
     "SplitToSequence": _split_to_sequence,

@@ -58,6 +58,17 @@ CASES: dict[str, list[Any]] = {
         node("Sub", ["a", "c"], "d"),
         node("Concat", ["d", "b"], axis=1),
     ],
+    "squeeze-unsqueeze": [  # the top-left pixel as [N, C], then back to [N, C, 1, 1]
+        ints("st", [0, 0]),
+        ints("en", [1, 1]),
+        ints("ax", [2, 3]),
+        mk("Slice", ["input", "st", "en", "ax"], ["m"], name="corner"),
+        ints("sq", [2, 3]),
+        mk("Squeeze", ["m", "sq"], ["s"], name="squeeze"),
+        ints("uq", [-1, 2]),
+        mk("Unsqueeze", ["s", "uq"], ["u"], name="unsqueeze"),
+        node("Mul", ["input", "u"]),
+    ],
     "split-to-sequence": [
         ints("sz", 3),
         mk("SplitToSequence", ["input", "sz"], ["seq"], name="sts", axis=1),
