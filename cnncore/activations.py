@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import as_float_array, check_dout
 from .geometry import elementwise_info
-from .validation import as_float_array, check_dout
 
 
 def relu_forward(x: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -89,9 +89,9 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .checks import as_float_array, check_bias, check_dout, common_dtype
 from .geometry import Conv2dGeometry, conv2d_geometry
 from .threads import WORKERS, map_threads
-from .validation import as_float_array, check_bias, check_dout, common_dtype
 
 __all__ = ["Conv2dCache", "conv2d_backward", "conv2d_forward", "conv2d_inference"]
 

@@ -27,13 +27,10 @@ import numpy as np
 
 from . import conv as _conv
 from .activations import relu_backward, relu_forward, relu_into
+from .checks import as_float_array, as_pair, check_int, check_output_size, check_shape
 from .conv import conv2d_backward, conv2d_forward, conv2d_inference
 from .errors import ParameterError, ShapeError
 from .geometry import (
-    _check_shape,
-    _positive_out,
-    as_pair,
-    check_int,
     conv2d_geometry,
     conv_out_size,
     linear_info,
@@ -42,7 +39,6 @@ from .geometry import (
 from .linear import linear_backward, linear_forward
 from .op import Memory, Op, Shape, attr_bool, first_only, nbytes, no_attrs
 from .pool import pool2d_backward, pool2d_forward, pool2d_inference
-from .validation import as_float_array
 
 # --------------------------------------------------------------------------- conv2d
 
@@ -248,15 +244,15 @@ def _pool_geometry(
 ) -> tuple[int, int, int, int, int, int, int, int]:
     """``(n, c, h, w, out_h, out_w, extra_bottom, extra_right)`` of the explicit-padding path:
     the extra trailing padding makes every output window fit the padded input."""
-    n, c, h, w = _check_shape(shape, "x", 4)
+    n, c, h, w = check_shape(shape, "x", 4)
     kh, kw = attrs["kernel_size"]
     sh, sw = attrs["stride"]
     top, bottom, left, right = attrs["padding"]
     ceil = attrs["ceil_mode"]
     out_h = conv_out_size(h, kh, sh, top, bottom, ceil_mode=ceil)
     out_w = conv_out_size(w, kw, sw, left, right, ceil_mode=ceil)
-    _positive_out("height", out_h, h, kh, sh, top, bottom, 1)
-    _positive_out("width", out_w, w, kw, sw, left, right, 1)
+    check_output_size("height", out_h, h, kh, sh, top, bottom, 1)
+    check_output_size("width", out_w, w, kw, sw, left, right, 1)
     eb = max(bottom, (out_h - 1) * sh + kh - h - top)
     er = max(right, (out_w - 1) * sw + kw - w - left)
     return n, c, h, w, out_h, out_w, eb, er
@@ -402,7 +398,7 @@ LINEAR = Op(
 
 
 def _same_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     return shape, math.prod(shape)
 
 

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from .activations import masked_gradient
+from .checks import as_float_array, check_dout
 from .geometry import Pool2dGeometry, pool2d_geometry
-from .validation import as_float_array, check_dout
 
 PoolCache = tuple[Pool2dGeometry, np.dtype, np.ndarray | None]
 """``(geometry, dtype, first)``: ``first`` (max mode) indexes each window's first maximum."""

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_shape
 from .errors import ParameterError, ShapeError
-from .geometry import _check_shape
 from .op import Op, Shape, attr_axis, attr_float, attr_ints, first_only
 
 # --------------------------------------------------------------------------- flatten
@@ -38,7 +38,7 @@ def _flatten_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _flatten_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     axis = attr_axis(attrs["axis"], len(shape), end_ok=True)
     return (math.prod(shape[:axis]), math.prod(shape[axis:])), 0
 
@@ -125,7 +125,7 @@ def _reshape_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tup
 
 
 def _reshape_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    x = _check_shape(shapes[0], "x")
+    x = check_shape(shapes[0], "x")
     return _resolve_reshape(x, attrs["shape"]), 0
 
 
@@ -154,7 +154,7 @@ def _concat_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _concat_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    first = _check_shape(shapes[0], "x0")
+    first = check_shape(shapes[0], "x0")
     axis = attr_axis(attrs["axis"], len(first))
     for i, shape in enumerate(shapes[1:], start=1):
         if len(shape) != len(first) or any(
@@ -246,7 +246,7 @@ def _pad_slices(
 
 
 def _pad_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    x = _check_shape(shapes[0], "x")
+    x = check_shape(shapes[0], "x")
     return _pad_slices(x, attrs["pads"])[0], 0
 
 
