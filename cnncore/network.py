@@ -369,7 +369,8 @@ def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, Networ
         float32 or float64 (kept); integer or bool (converted to float64).
     layers
         The layers, input first; checked by :func:`network_info` before computing,
-        then run as :func:`network_graph`.
+        then run as :func:`network_graph` by :meth:`Graph.forward` (which may split a
+        large batch onto threads, as for any graph).
 
     Returns
     -------
@@ -390,7 +391,7 @@ def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, Networ
     graph = network_graph(layers)
     outputs = [node.output for node in graph.nodes]
     try:
-        out, cache = graph._run(x, True, outputs)  # network_info checked the shapes
+        out, cache = graph.forward(x, keep=outputs)
     except GraphError as exc:
         raise _layer_error(exc, layers) from None
     activations = [cache.values[t] for t in outputs]
