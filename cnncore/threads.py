@@ -4,7 +4,7 @@ Two places run work on several threads at once (numpy releases the GIL inside
 ``matmul``, copies and ufunc loops):
 
 - :func:`cnncore.conv` runs the chunks of the batch of a layer whose GEMMs are too
-  small for BLAS's own threads (``conv._map_chunks``);
+  small for BLAS's own threads (:attr:`cnncore.conv.ConvPlan.forward_workers`);
 - :meth:`cnncore.graph.Graph.forward` runs a large graph on parts of the batch, one
   thread each, when every node treats samples independently (``Graph._parts``).
 
