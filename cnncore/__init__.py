@@ -8,7 +8,15 @@ weight ``(F, C // groups, KH, KW)``, linear input ``(N, D1, ..., Dk)`` with weig
 """
 
 from .activations import relu_backward, relu_forward
-from .conv import conv2d_backward, conv2d_forward
+from .conv import (
+    ConvLimits,
+    ConvPath,
+    ConvPlan,
+    DxPath,
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_plan,
+)
 from .errors import CnnError, DtypeError, ParameterError, ShapeError
 from .geometry import (
     LayerInfo,
@@ -41,7 +49,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CnnError",
     "Conv2d",
+    "ConvLimits",
+    "ConvPath",
+    "ConvPlan",
     "DtypeError",
+    "DxPath",
     "Graph",
     "GraphError",
     "LayerError",
@@ -56,6 +68,7 @@ __all__ = [
     "conv2d_backward",
     "conv2d_forward",
     "conv2d_geometry",
+    "conv2d_plan",
     "elementwise_info",
     "flatten_info",
     "linear_backward",

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_shape
 from .errors import ParameterError, ShapeError
-from .geometry import _check_shape
 from .op import Memory, Op, Shape, attr_float, first_only, nbytes
 
 _VECTORS = ("scale", "bias", "mean", "var")
@@ -41,7 +41,7 @@ def _attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    x = _check_shape(shapes[0], "x", min_ndim=2)
+    x = check_shape(shapes[0], "x", min_ndim=2)
     for name, shape in zip(_VECTORS, shapes[1:], strict=True):
         if tuple(shape) != (x[1],):
             raise ShapeError(

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from .activations import masked_gradient
+from .checks import check_shape
 from .errors import ParameterError, ShapeError
-from .geometry import _check_shape
 from .op import (
     Memory,
     Op,
@@ -111,7 +111,7 @@ def _clip_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _elementwise_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     return shape, math.prod(shape)
 
 
@@ -167,7 +167,7 @@ def _softmax_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _softmax_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     attr_axis(attrs["axis"], len(shape))
     return shape, 4 * math.prod(shape)  # subtract, exp, sum, divide
 
@@ -230,7 +230,7 @@ def _resolve_axes(axes: tuple[int, ...] | None, ndim: int) -> tuple[int, ...]:
 
 
 def _reduce_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     axes = _resolve_axes(attrs["axes"], len(shape))
     if attrs["keepdims"]:
         out = tuple(1 if i in axes else n for i, n in enumerate(shape))
@@ -277,7 +277,7 @@ def _spatial(ndim: int) -> dict[str, Any]:
 
 
 def _gap_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     if len(shape) < 3:
         raise ShapeError(
             f"global_avg_pool needs an input (N, C, D1, ...) of at least 3 dimensions, "

@@ -23,77 +23,20 @@ are not covered by any window; :class:`LayerInfo` reports it.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .checks import Pair, as_pair, check_int, check_output_size, check_shape, short_repr
 from .errors import ParameterError, ShapeError
 
-Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]
 """Resolved convolution padding: ``(top, bottom, left, right)``."""
 
 PoolMode = Literal["max", "avg"]
 
 
-# --------------------------------------------------------------------------- scalars
-
-
-def check_int(value: Any, name: str, *, minimum: int | None = None, arg: str | None = None) -> int:
-    """Return ``value`` as an ``int``, rejecting booleans, floats and strings.
-
-    Raises
-    ------
-    ParameterError
-        If ``value`` is not an integer, or is below ``minimum``. Its ``arg`` is
-        ``arg`` when given (e.g. ``"stride"`` for ``stride[0]``), else ``name``.
-    """
-    arg = arg or name
-    if type(value) is not int:  # the common case skips the abstract-class check (~1 us)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ParameterError(
-                f"{name} must be an integer, got {_short(value)} ({type(value).__name__})", arg=arg
-            )
-        value = int(value)
-    if minimum is not None and value < minimum:
-        raise ParameterError(f"{name} must be >= {minimum}, got {value}", arg=arg)
-    return value
-
-
-def as_pair(value: Any, name: str, *, minimum: int = 1) -> Pair:
-    """Normalise an int or an ``(h, w)`` pair to a pair of ints ``>= minimum``.
-
-    Raises
-    ------
-    ParameterError
-        If ``value`` is neither an integer nor a sequence of two integers.
-    """
-    if type(value) is int:  # the common cases, without the abstract-class checks below
-        v = check_int(value, name, minimum=minimum)
-        return v, v
-    if (
-        type(value) is tuple
-        and len(value) == 2
-        and type(value[0]) is int
-        and type(value[1]) is int
-        and min(value) >= minimum
-    ):
-        return value
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != 2:
-            raise ParameterError(
-                f"{name} must be an integer or a pair (h, w), got {len(value)} values", arg=name
-            )
-        h = check_int(value[0], f"{name}[0]", minimum=minimum, arg=name)
-        w = check_int(value[1], f"{name}[1]", minimum=minimum, arg=name)
-        return h, w
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ParameterError(
-            f"{name} must be an integer or a pair (h, w), got {_short(value)}", arg=name
-        )
-    v = check_int(value, name, minimum=minimum)
-    return v, v
+# --------------------------------------------------------------------------- sizes
 
 
 def conv_out_size(
@@ -159,7 +102,7 @@ def resolve_conv_padding(padding: Any, kernel: Pair, stride: Pair, dilation: Pai
             return th // 2, th - th // 2, tw // 2, tw - tw // 2
         raise ParameterError(
             "padding must be an integer, a pair, a 4-tuple, 'same' or 'valid'; "
-            f"got {_short(padding)}",
+            f"got {short_repr(padding)}",
             arg="padding",
         )
     if isinstance(padding, Sequence):
@@ -349,42 +292,6 @@ class Pool2dGeometry:
 # --------------------------------------------------------------------------- layers
 
 
-def _check_shape(
-    shape: Any, name: str, ndim: int | None = None, *, min_ndim: int = 1
-) -> tuple[int, ...]:
-    if type(shape) is tuple and all(type(s) is int and s > 0 for s in shape):
-        dims: tuple[int, ...] = shape  # an array's shape: no per-dimension checks (~1 us each)
-    else:
-        if isinstance(shape, str) or not isinstance(shape, Sequence):
-            raise ShapeError(
-                f"{name} must be a shape (a sequence of integers), got {_short(shape)}", arg=name
-            )
-        dims = tuple(
-            check_int(s, f"{name} dimension {i}", minimum=0, arg=name) for i, s in enumerate(shape)
-        )
-    if ndim is not None and len(dims) != ndim:
-        raise ShapeError(f"{name} must be {ndim}-D, got shape {dims} ({len(dims)}-D)", arg=name)
-    if len(dims) < min_ndim:
-        raise ShapeError(
-            f"{name} must have at least {min_ndim} dimensions, got shape {dims}", arg=name
-        )
-    if any(s == 0 for s in dims):
-        raise ShapeError(f"{name} has an empty dimension: shape {dims}", arg=name)
-    return dims
-
-
-def _positive_out(axis: str, out: int, size: int, k: int, s: int, lo: int, hi: int, d: int) -> None:
-    if out <= 0:
-        extent = d * (k - 1) + 1
-        kernel = f"dilation {d}*(kernel {k} - 1) - 1" if d != 1 else f"kernel {k}"
-        raise ShapeError(
-            f"output {axis} would be {out}: floor(({axis} {size} + padding {lo}+{hi} "
-            f"- {kernel}) / stride {s}) + 1 = {out}; "
-            f"the padded input ({size + lo + hi}) is smaller than the kernel extent ({extent})",
-            arg="x",
-        )
-
-
 def conv2d_geometry(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
@@ -415,8 +322,8 @@ def conv2d_geometry(
     ParameterError
         If a hyper-parameter is malformed or out of range.
     """
-    n, c, h, w = _check_shape(x_shape, "x", 4)
-    f, cg, kh, kw = _check_shape(w_shape, "w", 4)
+    n, c, h, w = check_shape(x_shape, "x", 4)
+    f, cg, kh, kw = check_shape(w_shape, "w", 4)
     sh, sw = as_pair(stride, "stride")
     dh, dw = as_pair(dilation, "dilation")
     groups = check_int(groups, "groups", minimum=1)
@@ -432,8 +339,8 @@ def conv2d_geometry(
     pt, pb, pl, pr = resolve_conv_padding(padding, (kh, kw), (sh, sw), (dh, dw))
     out_h = conv_out_size(h, kh, sh, pt, pb, dh)
     out_w = conv_out_size(w, kw, sw, pl, pr, dw)
-    _positive_out("height", out_h, h, kh, sh, pt, pb, dh)
-    _positive_out("width", out_w, w, kw, sw, pl, pr, dw)
+    check_output_size("height", out_h, h, kh, sh, pt, pb, dh)
+    check_output_size("width", out_w, w, kw, sw, pl, pr, dw)
     return Conv2dGeometry(
         n, c, h, w, f, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, bool(bias), out_h, out_w
     )
@@ -461,19 +368,19 @@ def pool2d_geometry(
     ParameterError
         If a hyper-parameter is malformed, or the padding exceeds half the kernel.
     """
-    n, c, h, w = _check_shape(x_shape, "x", 4)
+    n, c, h, w = check_shape(x_shape, "x", 4)
     kh, kw = as_pair(kernel_size, "kernel_size")
     sh, sw = (kh, kw) if stride is None else as_pair(stride, "stride")
     ph, pw = resolve_pool_padding(padding, (kh, kw))
     if mode not in ("max", "avg"):
-        raise ParameterError(f"mode must be 'max' or 'avg', got {_short(mode)}", arg="mode")
+        raise ParameterError(f"mode must be 'max' or 'avg', got {short_repr(mode)}", arg="mode")
     for name, flag in (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)):
         if not isinstance(flag, bool):
-            raise ParameterError(f"{name} must be true or false, got {_short(flag)}", arg=name)
+            raise ParameterError(f"{name} must be true or false, got {short_repr(flag)}", arg=name)
     out_h = conv_out_size(h, kh, sh, ph, ph, ceil_mode=ceil_mode)
     out_w = conv_out_size(w, kw, sw, pw, pw, ceil_mode=ceil_mode)
-    _positive_out("height", out_h, h, kh, sh, ph, ph, 1)
-    _positive_out("width", out_w, w, kw, sw, pw, pw, 1)
+    check_output_size("height", out_h, h, kh, sh, ph, ph, 1)
+    check_output_size("width", out_w, w, kw, sw, pw, pw, 1)
     return Pool2dGeometry(
         n, c, h, w, kh, kw, sh, sw, ph, pw, mode, ceil_mode, count_include_pad, out_h, out_w
     )
@@ -487,8 +394,8 @@ def linear_info(x_shape: Sequence[int], w_shape: Sequence[int], *, bias: bool = 
     ShapeError
         If ``x`` has fewer than 2 dimensions or ``D`` differs from ``w``'s rows.
     """
-    xs = _check_shape(x_shape, "x", min_ndim=2)
-    d_in, m = _check_shape(w_shape, "w", 2)
+    xs = check_shape(x_shape, "x", min_ndim=2)
+    d_in, m = check_shape(w_shape, "w", 2)
     d = math.prod(xs[1:])
     if d != d_in:
         feat = f" ({'×'.join(map(str, xs[1:]))} = {d})" if len(xs) > 2 else ""
@@ -508,17 +415,16 @@ def linear_info(x_shape: Sequence[int], w_shape: Sequence[int], *, bias: bool = 
 
 def elementwise_info(x_shape: Sequence[int]) -> LayerInfo:
     """Shape info of an element-wise layer such as ReLU (one FLOP per element)."""
-    xs = _check_shape(x_shape, "x")
+    xs = check_shape(x_shape, "x")
     return LayerInfo(xs, xs, 0, 0, math.prod(xs))
 
 
 def flatten_info(x_shape: Sequence[int]) -> LayerInfo:
     """Shape info of flattening ``(N, D1..Dk)`` to ``(N, D1*...*Dk)``; no arithmetic."""
-    xs = _check_shape(x_shape, "x", min_ndim=1)
+    xs = check_shape(x_shape, "x", min_ndim=1)
     return LayerInfo(xs, (xs[0], math.prod(xs[1:])), 0, 0, 0)
 
 
-def _short(value: Any, limit: int = 40) -> str:
-    """``repr`` cut to ``limit`` characters: error messages never echo large inputs."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# The older private names, for callers outside cnncore written against them.
+_check_shape = check_shape
+_short = short_repr

@@ -53,16 +53,15 @@ import numpy as np
 
 from . import threads as _threads
 from .batchnorm import BATCHNORM
+from .checks import FLOAT_DTYPES, as_float_array, check_dout, check_shape, short_repr
 from .elementwise import ADD, CLIP, GLOBAL_AVG_POOL, REDUCE_MEAN, SOFTMAX
-from .errors import CnnError, ParameterError, ShapeError
-from .geometry import _check_shape, _short
+from .errors import CnnError, GraphError, ParameterError, ShapeError
 from .layer_ops import CONV2D, IDENTITY, LINEAR, POOL2D, RELU
 from .layernorm import LAYER_NORM
 from .matmul import GEMM, MATMUL
 from .op import Memory, Op, Shape, nbytes
 from .pointwise import OPS as POINTWISE_OPS
 from .shape_ops import CONCAT, FLATTEN, PAD, RESHAPE, SLICE, TRANSPOSE
-from .validation import FLOAT_DTYPES, as_float_array, check_dout
 
 __all__ = [
     "OPS",
@@ -119,33 +118,6 @@ SPLIT_MIN_FLOPS = 200_000_000
 About 3 ms of one core: the threads' hand-offs, the parts' joins and the per-node
 Python overhead paid once per part are then a few percent at most.
 """
-
-
-class GraphError(CnnError):
-    """A node that does not fit the graph or its inputs.
-
-    The message starts ``node "<name>" (<op>): `` followed by :attr:`detail`.
-
-    Attributes
-    ----------
-    node
-        Name of the node at fault, or None for the graph as a whole.
-    op
-        The node's op, or None.
-    detail
-        The message without the node prefix.
-    arg
-        The attribute or input at fault (``"padding"``, ``"w"``), or None.
-    """
-
-    def __init__(
-        self, detail: str, *, node: str | None = None, op: str | None = None, arg: str | None = None
-    ) -> None:
-        prefix = f'node "{node}" ({op}): ' if node is not None else "graph: "
-        super().__init__(prefix + detail, arg=arg)
-        self.node = node
-        self.op = op
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -524,7 +496,7 @@ class Graph:
             If a node does not fit the shapes arriving at it (naming the node, and
             in ``arg`` its input or attribute at fault).
         """
-        return self._infer(_check_shape(x_shape, "x"), split=True)
+        return self._infer(check_shape(x_shape, "x"), split=True)
 
     def _infer(self, x_shape: Shape, *, split: bool) -> GraphInfo:
         """:meth:`infer`; ``split=False`` for a part of a batch (which is not split again)."""
@@ -902,7 +874,7 @@ class Graph:
             return [self.input, *self.params]
         if isinstance(wrt, str):
             raise ParameterError(
-                f"wrt must be a list of names, not the string {_short(wrt)}", arg="wrt"
+                f"wrt must be a list of names, not the string {short_repr(wrt)}", arg="wrt"
             )
         names = list(dict.fromkeys(wrt))
         for name in names:
@@ -948,7 +920,7 @@ def _check_dtype(dtype: Any) -> np.dtype | None:
         dt = None
     if dt not in FLOAT_DTYPES:
         raise ParameterError(
-            f"dtype must be float32, float64 or None, got {_short(dtype)}", arg="dtype"
+            f"dtype must be float32, float64 or None, got {short_repr(dtype)}", arg="dtype"
         )
     return dt
 
@@ -961,7 +933,7 @@ def _check_input_shape(shape: Sequence[int | None] | None) -> Shape | None:
         if isinstance(d, bool) or not isinstance(d, int | np.integer) or (d < 1 and d != -1):
             raise ParameterError(
                 f"input_shape dimension {i} must be a positive integer or -1 (free), "
-                f"got {_short(d)}",
+                f"got {short_repr(d)}",
                 arg="input_shape",
             )
     return tuple(int(d) for d in dims)

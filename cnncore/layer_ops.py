@@ -25,15 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from . import conv as _conv
 from .activations import relu_backward, relu_forward, relu_into
-from .conv import conv2d_backward, conv2d_forward, conv2d_inference
+from .checks import as_float_array, as_pair, check_int, check_output_size, check_shape
+from .conv import conv2d_backward, conv2d_forward, conv2d_inference, conv2d_plan
 from .errors import ParameterError, ShapeError
 from .geometry import (
-    _check_shape,
-    _positive_out,
-    as_pair,
-    check_int,
+    Conv2dGeometry,
     conv2d_geometry,
     conv_out_size,
     linear_info,
@@ -42,7 +39,6 @@ from .geometry import (
 from .linear import linear_backward, linear_forward
 from .op import Memory, Op, Shape, attr_bool, first_only, nbytes, no_attrs
 from .pool import pool2d_backward, pool2d_forward, pool2d_inference
-from .validation import as_float_array
 
 # --------------------------------------------------------------------------- conv2d
 
@@ -59,7 +55,7 @@ def _conv_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
 
 
-def _conv_geometry(shapes: Sequence[Shape], attrs: dict[str, Any]) -> _conv.Conv2dGeometry:
+def _conv_geometry(shapes: Sequence[Shape], attrs: dict[str, Any]) -> Conv2dGeometry:
     g = conv2d_geometry(shapes[0], shapes[1], bias=len(shapes) == 3, **attrs)
     if len(shapes) == 3 and tuple(shapes[2]) != (g.f,):
         raise ShapeError(f"b must have shape ({g.f},) (one per filter), got {shapes[2]}", arg="b")
@@ -84,103 +80,9 @@ def _conv_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tup
     return (dx, dw, db)[: len(needs)]
 
 
-def _conv_memory(
-    shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int, *, dx: bool = True
-) -> Memory:
-    """The im2col matrix (cache), the padded input, its column phases (stride > 1, see
-    conv._window_parts) and wide rows (forward), and the backward's padded dx buffer,
-    per-chunk dW partials and dX shares (see conv.py); for a layer computed in bands,
-    the padded input (cache) and one band of columns instead of the im2col matrix; for
-    a layer whose dX is a convolution of dout (conv._correlates), that convolution's
-    instead of col2im's. ``dx=False``: that convolution itself, whose forward pass alone
-    is used."""
-    g = _conv_geometry(shapes, attrs)
-    lw = _conv._row_len(g)
-    bias = int(g.bias)
-    k = g.c // g.groups * g.kh * g.kw
-    wide = g.n * g.f * g.out_h * lw if lw != g.out_w else 0
-    buffer = _conv._buffer_size(g)
-    cols = g.n * g.groups * (k + bias) * g.out_h * lw
-    rows = _conv._row_groups(g)
-    chunks = _conv._sample_chunks(g, rows[0], isz)
-    per_chunk = max(c.stop - c.start for c in chunks)
-    threads = _conv._WORKERS if _conv._threaded(g, len(chunks)) else 1
-    depth = max(r.stop - r.start for r in rows)
-    dw_rows = g.f * (k + bias)
-    shares = per_chunk * g.c * depth * g.kw * g.out_h * lw
-    backward = (
-        wide
-        + buffer
-        + len(chunks) * dw_rows  # the partial dW of every chunk, kept until summed
-        + threads * (per_chunk * dw_rows + shares)  # one chunk's dW GEMM and dX shares
-        + 2 * g.f * k  # the kernel rows as GEMM operands; dW cut from the bias column
-    )
-    hp, wp = g.padded_hw
-    phases = g.sw * g.n * g.c * hp * -(-wp // g.sw) if g.sw > 1 and g.dw == 1 else 0
-    forward = buffer + phases + wide + (g.f * (k + 1) if bias else 0)
-    forward_chunks = _conv._sample_chunks(g, slice(0, g.kh), isz)
-    banded = not _conv._batched(g) and not _conv._small_chunks(g, len(forward_chunks))
-    band = g.groups * (k + bias) * _conv._band_rows(g, isz) * g.out_w
-    if banded:
-        # In bands of output rows (conv._forward_in_bands): the padded input is the
-        # cache; the backward pass copies the bands again for dW (the phases, the band,
-        # the sum of the bands' products, one product, the sum transposed), then dX.
-        cols = buffer
-        forward = phases + band + (g.f * (k + 1) if bias else 0)
-        backward = phases + band + 3 * dw_rows + wide + buffer + threads * shares + 2 * g.f * k
-    if _conv._batched(g):
-        # One GEMM over the batch: compact columns, the GEMM's (F, N, ...) output before
-        # its transpose (forward); dout transposed, dW, every kernel row's shares.
-        # The bias add reads the GEMM output transposed: numpy's ufunc iterator may
-        # buffer up to np.getbufsize() (8192) elements of it.
-        pixels = g.n * g.out_h * g.out_w
-        cols = g.groups * k * pixels
-        forward = buffer + phases + g.f * pixels + np.getbufsize()
-        backward = buffer + g.f * pixels + dw_rows + g.c * g.kh * g.kw * pixels
-    # col2im's strided in-place adds: numpy's ufunc iterator may buffer up to
-    # np.getbufsize() elements of each of their three operands, no more than an operand
-    # holds (measured: 94 KB for a float32 layer of 2x8x30x30 padded to 32x32).
-    backward += 3 * min(np.getbufsize(), g.n * g.c * g.out_h * lw)
-    backward_bytes = backward * isz
-    if dx and _conv._correlates(g):
-        # dX first, by a convolution of dout with the rotated kernel (its copy, and that
-        # convolution's own cache and temporaries); then dW's temporaries alone.
-        if _conv._batched(g):
-            dw_part = g.f * g.n * g.out_h * g.out_w + dw_rows
-        elif banded:
-            dw_part = phases + band + 3 * dw_rows + g.f * k
-        else:
-            dw_part = wide + (len(chunks) + threads * per_chunk) * dw_rows + g.f * k
-        inner = _conv_memory(*_correlation_shapes(g), isz, dx=False)
-        dx_part = g.f * k * isz + inner.cache + inner.forward
-        backward_bytes = max(dx_part, dw_part * isz)
-    return Memory(
-        cache=cols * isz,
-        forward=forward * isz + _CONV_PYTHON_BYTES,
-        backward=backward_bytes + _CONV_PYTHON_BYTES,
-    )
-
-
-def _correlation_shapes(
-    g: _conv.Conv2dGeometry,
-) -> tuple[list[Shape], Shape, dict[str, Any]]:
-    """Shapes and attributes of the convolution :func:`cnncore.conv._dx_by_correlation`
-    computes dX with: dout ``(N, F, H', W')`` with the rotated kernel ``(C, F/G, KH, KW)``."""
-    reach_h, reach_w = g.dh * (g.kh - 1), g.dw * (g.kw - 1)
-    attrs = {
-        "stride": (1, 1),
-        "padding": (reach_h - g.pt, reach_h - g.pb, reach_w - g.pl, reach_w - g.pr),
-        "dilation": (g.dh, g.dw),
-        "groups": g.groups,
-    }
-    shapes: list[Shape] = [(g.n, g.f, g.out_h, g.out_w), (g.c, g.f // g.groups, g.kh, g.kw)]
-    return shapes, (g.n, g.c, g.h, g.w), attrs
-
-
-_CONV_PYTHON_BYTES = 4096
-"""Allowance for the Python objects of one convolution pass (its geometry, cache, and the
-views of its band and window loops): about 2 KB measured by tracemalloc, beyond
-:data:`cnncore.graph.PYTHON_BYTES_PER_NODE`."""
+def _conv_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
+    """The memory of the plan :func:`cnncore.conv.conv2d_plan` chooses for these shapes."""
+    return conv2d_plan(_conv_geometry(shapes, attrs), isz).memory()
 
 
 CONV2D = Op(
@@ -248,15 +150,15 @@ def _pool_geometry(
 ) -> tuple[int, int, int, int, int, int, int, int]:
     """``(n, c, h, w, out_h, out_w, extra_bottom, extra_right)`` of the explicit-padding path:
     the extra trailing padding makes every output window fit the padded input."""
-    n, c, h, w = _check_shape(shape, "x", 4)
+    n, c, h, w = check_shape(shape, "x", 4)
     kh, kw = attrs["kernel_size"]
     sh, sw = attrs["stride"]
     top, bottom, left, right = attrs["padding"]
     ceil = attrs["ceil_mode"]
     out_h = conv_out_size(h, kh, sh, top, bottom, ceil_mode=ceil)
     out_w = conv_out_size(w, kw, sw, left, right, ceil_mode=ceil)
-    _positive_out("height", out_h, h, kh, sh, top, bottom, 1)
-    _positive_out("width", out_w, w, kw, sw, left, right, 1)
+    check_output_size("height", out_h, h, kh, sh, top, bottom, 1)
+    check_output_size("width", out_w, w, kw, sw, left, right, 1)
     eb = max(bottom, (out_h - 1) * sh + kh - h - top)
     er = max(right, (out_w - 1) * sw + kw - w - left)
     return n, c, h, w, out_h, out_w, eb, er
@@ -402,7 +304,7 @@ LINEAR = Op(
 
 
 def _same_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     return shape, math.prod(shape)
 
 

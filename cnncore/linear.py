@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import as_float_array, check_bias, check_dout, common_dtype
 from .geometry import linear_info
-from .validation import as_float_array, check_bias, check_dout, common_dtype
 
 LinearCache = tuple[np.ndarray, np.ndarray, bool, tuple[int, ...]]
 """``(x as (N, D), w, has_bias, x's original shape)``."""

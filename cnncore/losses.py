@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import as_float_array
 from .errors import DtypeError, ParameterError, ShapeError
-from .validation import as_float_array
 
 
 def softmax_cross_entropy(scores: Any, y: Any) -> tuple[float, np.ndarray]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_shape
 from .errors import ShapeError
-from .geometry import _check_shape
 from .op import Memory, Op, Shape, attr_bool, attr_float, nbytes, no_attrs, sum_to_shape
 
 # --------------------------------------------------------------------------- gemm
@@ -39,8 +39,8 @@ def _gemm_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _gemm_dims(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[int, int, int]:
-    a = _check_shape(shapes[0], "a", 2)
-    b = _check_shape(shapes[1], "b", 2)
+    a = check_shape(shapes[0], "a", 2)
+    b = check_shape(shapes[1], "b", 2)
     m, k = a[::-1] if attrs["trans_a"] else a
     kb, n = b[::-1] if attrs["trans_b"] else b
     if k != kb:
@@ -154,8 +154,8 @@ def _promoted(a: Shape, b: Shape) -> tuple[Shape, Shape, Shape, Shape]:
 
 
 def _matmul_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    a = _check_shape(shapes[0], "a")
-    b = _check_shape(shapes[1], "b")
+    a = check_shape(shapes[0], "a")
+    b = check_shape(shapes[1], "b")
     a2, b2, batch, out = _promoted(a, b)
     return out, 2 * math.prod(batch) * a2[-2] * a2[-1] * b2[-1]
 

@@ -31,8 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .checks import as_float_array, check_int, check_shape
 from .errors import CnnError, ShapeError
-from .geometry import LayerInfo, _check_shape, check_int
+from .geometry import LayerInfo
 from .graph import Graph, GraphCache, GraphError, Node
 from .losses import check_labels, mse_loss, softmax_cross_entropy
 from .network_shapes import (
@@ -45,7 +46,6 @@ from .network_shapes import (
     ReluSpec,
     walk_shapes,
 )
-from .validation import as_float_array
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def network_info(x_shape: Sequence[int], layers: Sequence[Layer]) -> list[LayerI
     ShapeError
         If ``x_shape`` is not a shape of at least 2 positive integers (``arg="x"``).
     """
-    x_shape = _check_shape(x_shape, "x", min_ndim=2)
+    x_shape = check_shape(x_shape, "x", min_ndim=2)
     for i, layer in enumerate(layers):
         _check_weights(i, layer)
     infos = walk_shapes(x_shape, [_spec(layer) for layer in layers])
@@ -369,7 +369,8 @@ def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, Networ
         float32 or float64 (kept); integer or bool (converted to float64).
     layers
         The layers, input first; checked by :func:`network_info` before computing,
-        then run as :func:`network_graph`.
+        then run as :func:`network_graph` by :meth:`Graph.forward` (which may split a
+        large batch onto threads, as for any graph).
 
     Returns
     -------
@@ -390,7 +391,7 @@ def network_forward(x: Any, layers: Sequence[Layer]) -> tuple[np.ndarray, Networ
     graph = network_graph(layers)
     outputs = [node.output for node in graph.nodes]
     try:
-        out, cache = graph._run(x, True, outputs)  # network_info checked the shapes
+        out, cache = graph.forward(x, keep=outputs)
     except GraphError as exc:
         raise _layer_error(exc, layers) from None
     activations = [cache.values[t] for t in outputs]

@@ -18,35 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import CnnError, ShapeError
+from .checks import as_pair, check_shape
+from .errors import CnnError, LayerError, ShapeError
 from .geometry import (
     LayerInfo,
     PoolMode,
-    _check_shape,
-    as_pair,
     conv2d_geometry,
     elementwise_info,
     flatten_info,
     linear_info,
     pool2d_geometry,
 )
-
-
-class LayerError(CnnError):
-    """A layer of a stack that does not fit the shape arriving at it.
-
-    Attributes
-    ----------
-    index
-        Position of the layer in the stack (0-based).
-    arg
-        The layer's field at fault (``"kernel_size"``, ``"groups"``...), or ``None``
-        when the layer as a whole does not fit (e.g. its output would be empty).
-    """
-
-    def __init__(self, message: str, *, index: int, arg: str | None = None) -> None:
-        super().__init__(message, arg=arg)
-        self.index = index
 
 
 @dataclass(frozen=True)
@@ -202,7 +184,7 @@ def walk_shapes(input_shape: Sequence[int], layers: Sequence[LayerSpec]) -> list
         size that would be non-positive...). ``index`` is ``i``; the message starts
         with ``layer i (type)`` and, for sizes, gives the formula with its numbers.
     """
-    shape = _check_shape(input_shape, "input_shape", min_ndim=2)
+    shape = check_shape(input_shape, "input_shape", min_ndim=2)
     infos: list[LayerInfo] = []
     for i, layer in enumerate(layers):
         where = f"layer {i} ({layer.type})"

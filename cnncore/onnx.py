@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CnnError
+from .errors import CnnError, OnnxImportError
 
 if TYPE_CHECKING:  # the graph module is imported lazily too: `import cnncore` stays light
     from .graph import Graph, Node
@@ -61,35 +61,6 @@ _BATCHES = (2, 3)
 #: Entry kinds of :attr:`_Const.batch`: a plain number, the batch itself, or a
 #: number that depends on the batch in another way (unusable as an attribute).
 _STATIC, _IS_BATCH, _FROM_BATCH = 0, 1, 2
-
-
-class OnnxImportError(CnnError):
-    """An ONNX model that cannot be imported exactly.
-
-    Parameters
-    ----------
-    message
-        What is wrong, with the values (``"auto_pad SAME_LOWER is not supported"``).
-    node, op
-        The ONNX node's name and operator, when one node is at fault; the message
-        then starts ``node "<node>" (<op>): ``.
-    attr
-        The attribute or input at fault (also :attr:`CnnError.arg`), or ``None``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        node: str | None = None,
-        op: str | None = None,
-        attr: str | None = None,
-    ) -> None:
-        prefix = f'node "{node}" ({op}): ' if node is not None else ""
-        super().__init__(prefix + message, arg=attr)
-        self.node = node
-        self.op = op
-        self.attr = attr
 
 
 def load_onnx(path: str | PathLike[str]) -> Graph:

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import short_repr
 from .errors import ParameterError
-from .geometry import _short
 
 Shape = tuple[int, ...]
 
@@ -157,7 +157,7 @@ def attr_float(value: Any, name: str, *, allow_none: bool = False) -> float | No
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         kind = "a finite number or None" if allow_none else "a finite number"
-        raise ParameterError(f"{name} must be {kind}, got {_short(value)}", arg=name)
+        raise ParameterError(f"{name} must be {kind}, got {short_repr(value)}", arg=name)
     return float(value)
 
 
@@ -173,7 +173,7 @@ def attr_bool(value: Any, name: str) -> bool:
         return value
     if isinstance(value, numbers.Integral) and int(value) in (0, 1):
         return bool(value)
-    raise ParameterError(f"{name} must be true/false (or 0/1), got {_short(value)}", arg=name)
+    raise ParameterError(f"{name} must be true/false (or 0/1), got {short_repr(value)}", arg=name)
 
 
 def attr_ints(value: Any, name: str) -> tuple[int, ...]:
@@ -186,13 +186,14 @@ def attr_ints(value: Any, name: str) -> tuple[int, ...]:
     """
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
         raise ParameterError(
-            f"{name} must be a sequence of integers, got {_short(value)}", arg=name
+            f"{name} must be a sequence of integers, got {short_repr(value)}", arg=name
         )
     out = []
     for i, v in enumerate(value):
         if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Integral):
             raise ParameterError(
-                f"{name}[{i}] must be an integer, got {_short(v)} ({type(v).__name__})", arg=name
+                f"{name}[{i}] must be an integer, got {short_repr(v)} ({type(v).__name__})",
+                arg=name,
             )
         out.append(int(v))
     return tuple(out)
@@ -207,7 +208,7 @@ def attr_axis(axis: Any, ndim: int, name: str = "axis", *, end_ok: bool = False)
         If ``axis`` is not an integer in ``[-ndim, ndim)`` (``[-ndim, ndim]`` with ``end_ok``).
     """
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise ParameterError(f"{name} must be an integer, got {_short(axis)}", arg=name)
+        raise ParameterError(f"{name} must be an integer, got {short_repr(axis)}", arg=name)
     axis = int(axis)
     high = ndim + 1 if end_ok else ndim
     if not -ndim <= axis < high:

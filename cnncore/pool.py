@@ -15,16 +15,13 @@ the window, never over pixels. Where windows may run past the input (padding,
   maximum (its cell index in row-major order, as ``np.argmax`` of the flattened
   window) is the first maximum of the first window row that holds the maximum,
   found at both stages by comparing the cells with the maximum. No copy of the
-  windows. (Against one ``np.maximum`` per window cell: max 3x3/2 on
-  ``(32, 64, 56, 56)`` 88-95 -> 62-64 ms, max 2x2/2 on ``(100, 3, 32, 32)``
-  1.5 -> 1.8 ms; one path for both.)
+  windows (``docs/decisions/2026-11-26-pool-max-separable.md``).
 - max backward: when the windows tile the input exactly (stride = kernel, no
   padding, sizes divisible: the ``x.reshape(N, C, H', KH, W', KW)`` case), each
   input cell belongs to one window and is *written* once per cell view; otherwise
   the positions of the first maxima in the flattened input go to ``np.bincount``,
-  which adds overlapping windows' contributions (measured: writing the tiled case
-  cell by cell is ~4x faster than ``argmax`` over a transposed window copy on
-  ``(100, 3, 32, 32)``, and ``bincount`` beats a per-cell ``+=`` for overlaps);
+  which adds overlapping windows' contributions (faster than ``argmax`` over a window
+  copy, and than a per-cell ``+=``; same record);
 - average: forward sums the window's columns, then its rows (separable, fewer
   passes than summing the cell views), and divides by the window's count;
   backward spreads ``dout / count`` over them (written when the windows tile the
@@ -43,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from .activations import masked_gradient
+from .checks import as_float_array, check_dout
 from .geometry import Pool2dGeometry, pool2d_geometry
-from .validation import as_float_array, check_dout
 
 PoolCache = tuple[Pool2dGeometry, np.dtype, np.ndarray | None]
 """``(geometry, dtype, first)``: ``first`` (max mode) indexes each window's first maximum."""
@@ -125,8 +122,8 @@ def pool2d_inference(x: Any, **params: Any) -> np.ndarray:
     """:func:`pool2d_forward`'s output alone, for a pass no backward follows.
 
     Same parameters, result (the same bits) and errors. Max pooling skips the first-
-    maximum bookkeeping the backward pass needs: the stem pool of ResNet-18,
-    x(8,64,112,112) float32, 76 -> 32 ms.
+    maximum bookkeeping the backward pass needs, less than half the time on ResNet-18's
+    stem pool (``docs/decisions/2026-12-02-pool-inference-and-channel-blocks.md``).
     """
     x = as_float_array(x, "x")
     g = pool2d_geometry(x.shape, **params)
@@ -180,8 +177,8 @@ def pool2d_backward(dout: Any, cache: PoolCache) -> np.ndarray:
 _BLOCK_BYTES = 1 << 20
 """Input bytes max pooling works through at once (:func:`_blocks`): a few channels of one
 sample, so that its passes over them (the padded copy, the maxima over columns, then
-over rows) find them in cache. ResNet-18's stem pool, x(8,64,112,112) float32, one
-thread, caches flushed first: inference 29-33 -> 16-19 ms."""
+over rows) find them in cache
+(``docs/decisions/2026-12-02-pool-inference-and-channel-blocks.md``)."""
 
 
 def _blocks(x: np.ndarray, g: Pool2dGeometry) -> list[tuple[slice, slice]]:

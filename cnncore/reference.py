@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import as_float_array, common_dtype
 from .geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, pool2d_geometry
-from .validation import as_float_array, common_dtype
 
 # --------------------------------------------------------------------------- convolution
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_shape
 from .errors import ParameterError, ShapeError
-from .geometry import _check_shape
 from .op import Op, Shape, attr_axis, attr_float, attr_ints, first_only
 
 # --------------------------------------------------------------------------- flatten
@@ -44,7 +44,7 @@ def _flatten_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _flatten_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     axis = attr_axis(attrs["axis"], len(shape), end_ok=True)
     return (math.prod(shape[:axis]), math.prod(shape[axis:])), 0
 
@@ -131,7 +131,7 @@ def _reshape_forward(inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> tup
 
 
 def _reshape_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    x = _check_shape(shapes[0], "x")
+    x = check_shape(shapes[0], "x")
     return _resolve_reshape(x, attrs["shape"]), 0
 
 
@@ -160,7 +160,7 @@ def _concat_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _concat_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    first = _check_shape(shapes[0], "x0")
+    first = check_shape(shapes[0], "x0")
     axis = attr_axis(attrs["axis"], len(first))
     for i, shape in enumerate(shapes[1:], start=1):
         if len(shape) != len(first) or any(
@@ -252,7 +252,7 @@ def _pad_slices(
 
 
 def _pad_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    x = _check_shape(shapes[0], "x")
+    x = check_shape(shapes[0], "x")
     return _pad_slices(x, attrs["pads"])[0], 0
 
 
@@ -301,7 +301,7 @@ def _transpose_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _transpose_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     perm = attrs["perm"]
     if len(perm) != len(shape):
         raise ShapeError(f"perm {list(perm)} does not fit a {len(shape)}-D input {shape}", arg="x")
@@ -350,7 +350,7 @@ def _slice_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _slice_shape(shapes: Sequence[Shape], attrs: dict[str, Any]) -> tuple[Shape, int]:
-    shape = _check_shape(shapes[0], "x")
+    shape = check_shape(shapes[0], "x")
     starts, ends = attrs["starts"], attrs["ends"]
     if len(starts) != len(shape) - 1 or any(e > n for e, n in zip(ends, shape[1:], strict=True)):
         raise ShapeError(

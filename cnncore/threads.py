@@ -4,7 +4,7 @@ Two places run work on several threads at once (numpy releases the GIL inside
 ``matmul``, copies and ufunc loops):
 
 - :func:`cnncore.conv` runs the chunks of the batch of a layer whose GEMMs are too
-  small for BLAS's own threads (``conv._map_chunks``);
+  small for BLAS's own threads (:attr:`cnncore.conv.ConvPlan.forward_workers`);
 - :meth:`cnncore.graph.Graph.forward` runs a large graph on parts of the batch, one
   thread each, when every node treats samples independently (``Graph._parts``).
 
@@ -12,10 +12,9 @@ Both go through :func:`map_threads`. A call made from a thread that is already o
 its workers runs serially, so the two never nest (and never wait on a pool whose
 threads are all waiting).
 
-The graph's parts call large GEMMs, for which OpenBLAS would start its own threads:
-two parts on two cores, each asking for two BLAS threads, ran ResNet-18's forward pass
-in 531 ms against 390 ms with BLAS kept to one thread (batch 8, float32, 2 cores).
-:func:`blas_single_threaded` sets that for the duration of the parts, through
+The graph's parts call large GEMMs, for which OpenBLAS would start its own threads and
+oversubscribe the cores (``docs/decisions/2026-12-02-graph-batch-split.md``):
+:func:`blas_single_threaded` keeps BLAS to one thread for the duration of the parts, through
 ``threadpoolctl`` (imported lazily, so that ``cnncore`` itself needs only numpy;
 without it the graph does not split, see :func:`can_limit_blas`).
 """

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from cnncore import CnnError, DtypeError, ParameterError, ShapeError, reference
-from cnncore import conv as conv_module
-from cnncore.conv import conv2d_backward, conv2d_forward, conv2d_inference
+from cnncore.conv import (
+    ConvLimits,
+    ConvPath,
+    ConvPlan,
+    DxPath,
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_inference,
+    conv2d_plan,
+)
+from cnncore.geometry import conv2d_geometry
 from cnncore.gradcheck import assert_gradient
 from tests.helpers import assert_close, conv_magnitudes
 
@@ -114,7 +123,7 @@ GRID = [
     ),
     pytest.param((2, 48, 9, 8), (3, 48, 5, 3), {"stride": 2, "padding": 2}, id="wide-stride2"),
     pytest.param((2, 128, 5, 5), (4, 64, 3, 3), {"groups": 2}, id="wide-groups2"),
-    # "same" layers whose columns are shifted copies of the input (conv._copy_shifted):
+    # "same" layers computed in wide rows (a window is a constant shift of the input):
     # taps reaching past the whole plane, and asymmetric padding with dilation.
     pytest.param(
         (2, 3, 5, 2), (4, 3, 3, 3), {"padding": "same", "dilation": 3}, id="same-wider-than-x"
@@ -128,6 +137,25 @@ GRID = [
     # Padding beyond the kernel's reach: dX by col2im, not by correlation.
     pytest.param((2, 3, 5, 4), (4, 3, 1, 2), {"padding": (1, 0, 2, 1)}, id="pad-beyond-reach"),
 ]
+
+
+def plan_for(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    *,
+    bias: bool = True,
+    dtype: Any = np.float64,
+    **options: Any,
+) -> ConvPlan:
+    """The plan of this layer (``options``: ``path``, ``dx``, ``limits`` of conv2d_plan)."""
+    geom = conv2d_geometry(x_shape, w_shape, bias=bias, **kwargs)
+    return conv2d_plan(geom, np.dtype(dtype).itemsize, **options)
+
+
+def grid_case(case: str) -> tuple[tuple[int, ...], tuple[int, ...], dict[str, Any]]:
+    (param,) = [p for p in GRID if p.id == case]
+    return param.values  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize(
@@ -144,12 +172,61 @@ GRID = [
 )
 def test_which_layers_compute_dx_by_correlation(case: str, correlates: bool) -> None:
     # Stride 1 with padding within the kernel's reach: dX is dout correlated with the
-    # rotated kernel (conv._dx_by_correlation); the rest scatter it back by col2im. Both
-    # are checked against the reference loops by every test of the grid.
-    (param,) = [p for p in GRID if p.id == case]
-    x_shape, w_shape, kwargs = param.values
-    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
-    assert conv_module._correlates(geom) == correlates
+    # rotated kernel; the rest scatter it back by col2im. Both are checked against the
+    # reference loops by every test of the grid.
+    plan = plan_for(*grid_case(case))
+    assert plan.dx is (DxPath.CORRELATION if correlates else DxPath.COL2IM)
+    assert (plan.dx_plan is not None) == correlates
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "kwargs", "path"),
+    [
+        # Small outputs of a batch: one GEMM over the whole batch.
+        pytest.param((8, 64, 7, 7), (64, 64, 3, 3), {"padding": 1}, ConvPath.WHOLE_BATCH, id="7x7"),
+        pytest.param(
+            (8, 64, 28, 28), (64, 64, 3, 3), {"padding": 1}, ConvPath.WHOLE_BATCH, id="28x28"
+        ),
+        # Strided layers switch at 14x14 only.
+        pytest.param(
+            (8, 64, 56, 56),
+            (64, 64, 3, 3),
+            {"stride": 2, "padding": 1},
+            ConvPath.BANDS,
+            id="s2-28x28",
+        ),
+        pytest.param(
+            (8, 64, 28, 28),
+            (64, 64, 3, 3),
+            {"stride": 2, "padding": 1},
+            ConvPath.WHOLE_BATCH,
+            id="s2-14x14",
+        ),
+        # One sample has no batch to share a GEMM: bands.
+        pytest.param(
+            (1, 64, 7, 7), (64, 64, 3, 3), {"padding": 1}, ConvPath.BANDS, id="one-sample"
+        ),
+        pytest.param((4, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, ConvPath.BANDS, id="56x56"),
+        # Many small per-sample GEMMs: chunks of the batch (on threads when there are two).
+        pytest.param(
+            (100, 3, 31, 31), (25, 3, 3, 3), {"stride": 2}, ConvPath.PER_SAMPLE, id="chunks"
+        ),
+    ],
+)
+def test_the_path_each_layer_takes(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], kwargs: dict[str, Any], path: ConvPath
+) -> None:
+    limits = ConvLimits(workers=2)
+    plan = plan_for(x_shape, w_shape, kwargs, dtype=np.float32, limits=limits)
+    assert plan.path is path
+    assert plan.forward_workers == (2 if path is ConvPath.PER_SAMPLE else 1)
+
+
+def test_inference_keeps_whole_batch_gemms_up_to_14x14() -> None:
+    at_28 = plan_for((8, 64, 28, 28), (64, 64, 3, 3), {"padding": 1})
+    assert (at_28.path, at_28.inference_path) == (ConvPath.WHOLE_BATCH, ConvPath.BANDS)
+    at_14 = plan_for((8, 64, 14, 14), (64, 64, 3, 3), {"padding": 1})
+    assert at_14.inference_path is ConvPath.WHOLE_BATCH
 
 
 def conv_param(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -162,16 +239,21 @@ def conv_param(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_against_reference(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, kwargs: dict[str, Any], rng: Any
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    kwargs: dict[str, Any],
+    rng: Any,
+    plan: ConvPlan | None = None,
 ) -> None:
-    out, cache = conv2d_forward(x, w, b, **kwargs)
+    out, cache = conv2d_forward(x, w, b, **kwargs, plan=plan)
     ref_out, ref_cache = reference.conv_forward_naive(x, w, b, conv_param(kwargs))
     assert out.shape == ref_out.shape
     dout = rng.standard_normal(out.shape).astype(out.dtype)
     bound = conv_magnitudes(x, w, b, dout, kwargs)
     assert_close(out, ref_out, bound=bound["out"])
-    # The inference pass: the same sums over other GEMM shapes (bands of output rows).
-    inferred = conv2d_inference(x, w, b, **kwargs)
+    # The inference pass: the same sums, possibly over other GEMM shapes.
+    inferred = conv2d_inference(x, w, b, **kwargs, plan=plan)
     assert inferred.dtype == out.dtype
     assert inferred.flags.c_contiguous
     assert_close(inferred, ref_out, bound=bound["out"])
@@ -190,13 +272,7 @@ def check_against_reference(
         assert_close(db, ref_db, bound=bound["db"])
 
 
-def per_sample_gemms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run every layer as one GEMM per sample (the path that chunks the batch)."""
-    monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (0, 0))
-    monkeypatch.setattr(conv_module, "_INFERENCE_BATCH_MAX_PIXELS", (0, 0))
-
-
-@pytest.mark.parametrize("batched", [False, True], ids=["per-sample", "whole-batch"])
+@pytest.mark.parametrize("path", list(ConvPath), ids=[p.value for p in ConvPath])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), GRID)
 def test_matches_reference(
@@ -204,21 +280,34 @@ def test_matches_reference(
     w_shape: tuple[int, ...],
     kwargs: dict[str, Any],
     dtype: Any,
-    batched: bool,
+    path: ConvPath,
     rng: np.random.Generator,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    limit = 10**9 if batched else 0
-    monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (limit, limit))
-    monkeypatch.setattr(conv_module, "_INFERENCE_BATCH_MAX_PIXELS", (limit, limit))
-    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
-    assert conv_module._batched(geom) == (batched and geom.n > 1)
+    plan = plan_for(x_shape, w_shape, kwargs, dtype=dtype, path=path)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype)
-    out, _ = conv2d_forward(x, w, b, **kwargs)
+    out, cache = conv2d_forward(x, w, b, **kwargs, plan=plan)
     assert out.dtype == dtype
-    check_against_reference(x, w, b, kwargs, rng)
+    assert cache.plan is plan
+    check_against_reference(x, w, b, kwargs, rng, plan)
+
+
+@pytest.mark.parametrize("dx", list(DxPath), ids=[p.value for p in DxPath])
+@pytest.mark.parametrize("path", list(ConvPath), ids=[p.value for p in ConvPath])
+@pytest.mark.parametrize(
+    "case", ["plain", "same-odd", "same-asymmetric-dilated-groups", "1x1", "wide-3-row-groups"]
+)
+def test_both_dx_paths_on_every_forward_path(
+    case: str, path: ConvPath, dx: DxPath, rng: np.random.Generator
+) -> None:
+    x_shape, w_shape, kwargs = grid_case(case)
+    plan = plan_for(x_shape, w_shape, kwargs, path=path, dx=dx)
+    assert plan.dx is dx
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    check_against_reference(x, w, b, kwargs, rng, plan)
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), GRID[:3] + GRID[15:17])
@@ -233,9 +322,23 @@ def test_matches_reference_without_bias(
     check_against_reference(x, w, None, kwargs, rng)
 
 
-# Batches of 3 and 5 samples cut into chunks of one, two or three samples (the
-# chunk's shares fill ``_SHARE_BYTES``; float64 shares of these layers are 8 bytes
-# a value), including a short last chunk.
+def share_bytes_for(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    samples: int,
+    itemsize: int,
+) -> int:
+    """A dX share budget of ``samples`` samples of the forward's columns (every kernel
+    row), so that the forward pass and each dX row group chunk too."""
+    plan = plan_for(x_shape, w_shape, kwargs)
+    g = plan.geom
+    row_len = g.padded_hw[1] if g.sw == 1 else g.out_w
+    return samples * g.c * g.kh * g.kw * g.out_h * row_len * itemsize
+
+
+# Batches of 3 and 5 samples cut into chunks of one, two or three samples (the chunk's
+# shares fill ConvLimits.share_bytes), including a short last chunk.
 CHUNKED = [
     pytest.param((5, 3, 9, 8), (4, 3, 3, 3), {"stride": 2, "padding": 1}, 1, id="stride2-by-1"),
     pytest.param((5, 3, 9, 9), (4, 3, 3, 3), {"stride": 2, "padding": 1}, 2, id="stride2-by-2"),
@@ -254,22 +357,19 @@ def test_matches_reference_in_sample_chunks(
     chunk: int,
     with_bias: bool,
     rng: np.random.Generator,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    per_sample_gemms(monkeypatch)
-    # Size the budget from the largest per-sample share (the forward's columns,
-    # every kernel row), so that the forward pass and each dX row group chunk too.
-    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
-    rows = slice(0, geom.kh)
-    per_sample = conv_module._sample_chunks(geom, rows, 1)[0].stop
-    assert per_sample == geom.n  # the default budget holds the whole batch
-    one = geom.c * geom.kh * geom.kw * geom.out_h * conv_module._row_len(geom) * 8
-    monkeypatch.setattr(conv_module, "_SHARE_BYTES", chunk * one)
-    assert conv_module._sample_chunks(geom, rows, 8)[0] == slice(0, chunk)
+    default = plan_for(x_shape, w_shape, kwargs, bias=with_bias)
+    assert default.forward_chunks == (slice(0, x_shape[0]),)  # the default holds the batch
+    limits = ConvLimits(share_bytes=share_bytes_for(x_shape, w_shape, kwargs, chunk, 8))
+    plan = plan_for(
+        x_shape, w_shape, kwargs, bias=with_bias, path=ConvPath.PER_SAMPLE, limits=limits
+    )
+    assert plan.forward_chunks[0] == slice(0, chunk)
+    assert len(plan.backward_chunks) > 1 or chunk >= x_shape[0]
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[0]) if with_bias else None
-    check_against_reference(x, w, b, kwargs, rng)
+    check_against_reference(x, w, b, kwargs, rng, plan)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -289,16 +389,16 @@ def test_in_bands_of_output_rows(
     with_bias: bool,
     dtype: Any,
     rng: np.random.Generator,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    per_sample_gemms(monkeypatch)
-    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
+    geom = conv2d_geometry(x_shape, w_shape, bias=with_bias, **kwargs)
     column = (geom.c // geom.groups * geom.kh * geom.kw + 1) * geom.out_w * np.dtype(dtype).itemsize
-    monkeypatch.setattr(conv_module, "_BAND_BYTES", rows * column)
+    limits = ConvLimits(band_bytes=rows * column)
+    plan = conv2d_plan(geom, np.dtype(dtype).itemsize, path=ConvPath.BANDS, limits=limits)
+    assert plan.band_rows == min(rows, geom.out_h)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
-    out = conv2d_inference(x, w, b, **kwargs)
+    out = conv2d_inference(x, w, b, **kwargs, plan=plan)
     ref_out, ref_cache = reference.conv_forward_naive(x, w, b, conv_param(kwargs))
     dout = rng.standard_normal(out.shape).astype(dtype)
     bound = conv_magnitudes(x, w, b, dout, kwargs)
@@ -306,7 +406,7 @@ def test_in_bands_of_output_rows(
     assert_close(out, ref_out, bound=bound["out"])
     # The training pass computes in the same bands (the same bits) and keeps the padded
     # input, not the columns; its backward pass copies each band's columns again for dW.
-    trained, cache = conv2d_forward(x, w, b, **kwargs)
+    trained, cache = conv2d_forward(x, w, b, **kwargs, plan=plan)
     assert cache.cols is None
     np.testing.assert_array_equal(trained, out)
     dx, dw, db = conv2d_backward(dout, cache)
@@ -323,12 +423,12 @@ def test_in_bands_of_output_rows(
     if cache.padded is not None and not np.shares_memory(cache.padded, x):
         return
     x_before = x.copy()  # an unpadded input is read in place, never written
-    conv2d_backward(dout, conv2d_forward(x, w, b, **kwargs)[1])
+    conv2d_backward(dout, conv2d_forward(x, w, b, **kwargs, plan=plan)[1])
     np.testing.assert_array_equal(x, x_before)
 
 
-# Layers whose chunks of the batch run on the module's threads (conv._map_chunks):
-# float64 chunks of two samples, several of them, with a short last chunk.
+# Layers whose chunks of the batch run on threads (ConvPlan.forward_workers): chunks of
+# two samples, several of them, with a short last chunk.
 THREADED = [
     pytest.param((5, 3, 9, 8), (4, 3, 3, 3), {"stride": 2, "padding": 1}, id="stride2"),
     pytest.param((7, 3, 10, 9), (5, 3, 2, 3), {"stride": 2, "dilation": 2}, id="stride2-dil2"),
@@ -339,24 +439,30 @@ THREADED = [
 ]
 
 
-def threaded_chunks(
+def threaded_plan(
     x_shape: tuple[int, ...],
     w_shape: tuple[int, ...],
     kwargs: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
+    *,
+    bias: bool = True,
+    dtype: Any = np.float64,
     workers: int = 2,
-) -> None:
-    """Lower the thresholds so that this layer runs in chunks of two samples on threads."""
-    per_sample_gemms(monkeypatch)
-    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
-    one = geom.c * geom.kh * geom.kw * geom.out_h * conv_module._row_len(geom) * 8
-    monkeypatch.setattr(conv_module, "_SHARE_BYTES", 2 * one)
-    monkeypatch.setattr(conv_module, "_MIN_CHUNK_MACS", 0)
-    monkeypatch.setattr(conv_module, "_WORKERS", workers)
-    chunks = conv_module._sample_chunks(geom, slice(0, geom.kh), 8)
+) -> ConvPlan:
+    """A plan that runs this layer in chunks of two samples, on ``workers`` threads."""
+    itemsize = np.dtype(dtype).itemsize
+    limits = ConvLimits(
+        share_bytes=share_bytes_for(x_shape, w_shape, kwargs, 2, itemsize),
+        min_chunk_macs=0,
+        workers=workers,
+    )
+    plan = plan_for(
+        x_shape, w_shape, kwargs, bias=bias, dtype=dtype, path=ConvPath.PER_SAMPLE, limits=limits
+    )
+    chunks = plan.forward_chunks
     assert len(chunks) >= 2
     assert chunks[-1].stop - chunks[-1].start < chunks[0].stop  # a short last chunk
-    assert conv_module._threaded(geom, len(chunks)) == (workers > 1)
+    assert plan.forward_workers == workers
+    return plan
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -369,19 +475,23 @@ def test_matches_reference_on_threads(
     with_bias: bool,
     dtype: Any,
     rng: np.random.Generator,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    threaded_chunks(x_shape, w_shape, kwargs, monkeypatch)
+    plan = threaded_plan(x_shape, w_shape, kwargs, bias=with_bias, dtype=dtype)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
-    check_against_reference(x, w, b, kwargs, rng)
+    check_against_reference(x, w, b, kwargs, rng, plan)
 
 
 def forward_backward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray, dout: np.ndarray, kwargs: dict[str, Any]
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray,
+    dout: np.ndarray,
+    kwargs: dict[str, Any],
+    plan: ConvPlan,
 ) -> list[np.ndarray]:
-    out, cache = conv2d_forward(x, w, b, **kwargs)
+    out, cache = conv2d_forward(x, w, b, **kwargs, plan=plan)
     dx, dw, db = conv2d_backward(dout, cache)
     assert db is not None
     return [out, dx, dw, db]
@@ -393,17 +503,15 @@ def test_threads_give_the_same_bits_as_one_thread(
     w_shape: tuple[int, ...],
     kwargs: dict[str, Any],
     rng: np.random.Generator,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[0])
     dout = rng.standard_normal(conv2d_forward(x, w, b, **kwargs)[0].shape)
-    runs = []
-    for workers in (1, 2, 2):  # serial, then the same chunks twice on threads
-        with monkeypatch.context() as patch:
-            threaded_chunks(x_shape, w_shape, kwargs, patch, workers)
-            runs.append(forward_backward(x, w, b, dout, kwargs))
+    runs = [
+        forward_backward(x, w, b, dout, kwargs, threaded_plan(x_shape, w_shape, kwargs, workers=n))
+        for n in (1, 2, 2)  # serial, then the same chunks twice on threads
+    ]
     for run in runs[1:]:
         for got, want in zip(run, runs[0], strict=True):
             np.testing.assert_array_equal(got, want)
@@ -419,15 +527,30 @@ def test_threads_give_the_same_bits_as_one_thread(
     ],
 )
 def test_serial_chunks_where_threads_would_race_or_oversubscribe(
-    x_shape: tuple[int, ...],
-    w_shape: tuple[int, ...],
-    kwargs: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], kwargs: dict[str, Any]
 ) -> None:
-    monkeypatch.setattr(conv_module, "_MIN_CHUNK_MACS", 0)
-    monkeypatch.setattr(conv_module, "_WORKERS", 2)
-    geom = conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), **kwargs)[1].geom
-    assert not conv_module._threaded(geom, geom.n)
+    # One sample a chunk, any work worth a thread, two workers: still serial.
+    limits = ConvLimits(share_bytes=1, min_chunk_macs=0, workers=2)
+    plan = plan_for(x_shape, w_shape, kwargs, path=ConvPath.PER_SAMPLE, limits=limits)
+    assert len(plan.forward_chunks) == len(plan.backward_chunks) == x_shape[0]
+    assert plan.forward_workers == plan.backward_workers == 1
+
+
+def test_a_plan_for_another_convolution_is_refused() -> None:
+    plan = plan_for((1, 3, 5, 5), (4, 3, 3, 3), {}, bias=False)
+    with pytest.raises(ParameterError, match=r"plan was made for another convolution") as info:
+        conv2d_forward(X4, W4, padding=1, plan=plan)
+    assert info.value.arg == "plan"
+    with pytest.raises(ParameterError, match=r"4-byte values"):
+        conv2d_inference(X4.astype(np.float32), W4.astype(np.float32), plan=plan)
+    with pytest.raises(ParameterError, match=r"plan must be a ConvPlan, got str"):
+        conv2d_forward(X4, W4, plan="bands")  # type: ignore[arg-type]
+
+
+def test_dx_by_correlation_is_refused_where_it_cannot_compute() -> None:
+    with pytest.raises(ParameterError, match=r"needs stride 1 .* got stride \(2, 2\)") as info:
+        plan_for((1, 3, 5, 5), (4, 3, 3, 3), {"stride": 2}, dx=DxPath.CORRELATION)
+    assert info.value.arg == "plan"
 
 
 def test_integer_input_becomes_float64(rng: np.random.Generator) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 import cnncore
 from cnncore import conv as conv_module
+from cnncore.conv import ConvLimits, ConvPath, DxPath, conv2d_plan
 from cnncore.geometry import conv2d_geometry, linear_info, pool2d_geometry
 from cnncore.gradcheck import assert_gradient
 from cnncore.graph import OPS, Graph, GraphError, Node
@@ -521,7 +522,7 @@ def test_working_bytes_bounds_what_a_pass_allocates(
         pytest.param((2, 6, 31, 30), (8, 6, 3, 3), {"stride": 2}, False, id="stride2"),
         pytest.param((2, 8, 30, 30), (16, 8, 1, 1), {}, False, id="1x1-unpadded"),
         pytest.param((2, 8, 30, 30), (8, 2, 3, 3), {"groups": 4, "padding": 1}, True, id="groups"),
-        # dX by a convolution of dout (conv._correlates) whose columns outgrow col2im's
+        # dX by a convolution of dout (DxPath.CORRELATION) whose columns outgrow col2im's
         # shares: 4 times the filters of the channels.
         pytest.param((2, 4, 30, 30), (16, 4, 3, 3), {"padding": 1}, False, id="widening"),
     ],
@@ -536,12 +537,16 @@ def test_working_bytes_bounds_a_convolution_in_bands(
     dtype: Any,
     backward: bool,
 ) -> None:
-    # Per-sample layers computed in bands of output rows (conv._forward_in_bands), four
-    # or more bands a sample: the cache is the padded input, the backward pass copies
-    # each band again for dW.
-    monkeypatch.setattr(conv_module, "_BATCH_MAX_PIXELS", (0, 0))
-    monkeypatch.setattr(conv_module, "_INFERENCE_BATCH_MAX_PIXELS", (0, 0))
-    monkeypatch.setattr(conv_module, "_BAND_BYTES", 1 << 12)
+    # Per-sample layers computed in bands of output rows (ConvPath.BANDS), four or more
+    # bands a sample: the cache is the padded input, the backward pass copies each band
+    # again for dW. The graph plans its convolutions with conv.LIMITS.
+    no_whole_batch = (0, 0)
+    limits = ConvLimits(
+        batch_max_pixels=no_whole_batch,
+        inference_batch_max_pixels=no_whole_batch,
+        band_bytes=1 << 12,
+    )
+    monkeypatch.setattr(conv_module, "LIMITS", limits)
     params = {"w": rng.standard_normal(w_shape).astype(dtype)}
     if bias:
         params["b"] = rng.standard_normal(w_shape[0]).astype(dtype)
@@ -549,7 +554,9 @@ def test_working_bytes_bounds_a_convolution_in_bands(
     info = g.infer(x_shape)
     itemsize = np.dtype(dtype).itemsize
     geom = conv2d_geometry(x_shape, w_shape, bias=bias, **attrs)
-    assert geom.out_h >= 4 * conv_module._band_rows(geom, itemsize)
+    plan = conv2d_plan(geom, itemsize)
+    assert plan.path is ConvPath.BANDS
+    assert geom.out_h >= 4 * plan.band_rows
     _, cache = g.forward(np.ones(x_shape, dtype=dtype))
     assert cache.caches is not None
     assert cache.caches[0].cols is None
@@ -588,8 +595,9 @@ def test_working_bytes_bounds_a_whole_batch_convolution_whose_dx_correlates(
     params = {"w": rng.standard_normal(w_shape).astype(dtype)}
     g = Graph([Node("c", "conv2d", ("x", "w"), "out", attrs)], params=params)
     geom = conv2d_geometry(x_shape, w_shape, bias=False, **attrs)
-    assert conv_module._batched(geom)
-    assert conv_module._correlates(geom)
+    plan = conv2d_plan(geom, np.dtype(dtype).itemsize)
+    assert plan.path is ConvPath.WHOLE_BATCH
+    assert plan.dx is DxPath.CORRELATION
 
     def one_pass() -> None:
         x = np.ones(x_shape, dtype=dtype)

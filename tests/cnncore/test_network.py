@@ -293,3 +293,36 @@ def test_param_and_flop_counts(rng: np.random.Generator) -> None:
     assert infos[0].param_count == 4 * 3 * 3 * 3 + 4
     assert infos[4].flops == 2 * 2 * 36 * 5
     assert math.prod(infos[-1].output_shape) == 10
+
+
+def test_large_batches_split_onto_threads_like_any_graph(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # network_forward runs through Graph.forward, so the batch split applies. A part of
+    # one sample computes its conv as a per-sample GEMM where the whole batch was one
+    # GEMM: the same products summed in another order, at most K = 36 of them per sum
+    # with magnitudes summing below ~20, within assert_close's small-sum allowance.
+    from tests.cnncore.test_graph_parts import split_batches
+
+    close = assert_close
+
+    x, layers = small_cnn(rng)
+    out, cache = network_forward(x, layers)
+    dout = rng.standard_normal(out.shape)
+    dx, grads = network_backward(dout, cache)
+    assert cache.graph_cache.parts is None
+    split_batches(monkeypatch)
+    split_out, split_cache = network_forward(x, layers)
+    assert split_cache.graph_cache.parts is not None
+    close(split_out, out)
+    for got, want in zip(split_cache.activations, cache.activations, strict=True):
+        close(got, want)
+    split_dx, split_grads = network_backward(dout, split_cache)
+    close(split_dx, dx)
+    for got_grads, want_grads in zip(split_grads, grads, strict=True):
+        assert got_grads.keys() == want_grads.keys()
+        for key, want_grad in want_grads.items():
+            got_grad = got_grads[key]
+            assert (got_grad is None) == (want_grad is None)
+            if got_grad is not None and want_grad is not None:
+                close(got_grad, want_grad)
