@@ -19,11 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, metrics
 from .auth import ApiKeyMiddleware, document_keys, load_keys
 from .compute import ComputeSlots
+from .dataplane import DataPlane
 from .models import DEFAULT_REPOSITORY, ModelRepository
 from .problems import install_problem_handlers, is_v2_path, problem_response, problem_responses
 from .runtime import tune_malloc
 from .settings import Settings
-from .tensors import TensorLimits, bound_request_tensors
+from .wire.v1 import TensorLimits, bound_request_tensors
 
 
 class BodyLimitMiddleware:
@@ -262,6 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ready = True
     app.state.models = open_repository(settings)
+    app.state.dataplane = DataPlane(settings, app.state.models, app.state.slots, app.state)
     _openapi_with_limits(app, settings.max_elements)
     install_problem_handlers(app)
     for router in routers:

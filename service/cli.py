@@ -24,6 +24,7 @@ from .settings import MULTIPROC_ENV, Settings
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 MODEL_REPOSITORY_ENV = "CNN_MODEL_REPOSITORY"
 MODEL_NAME_ENV = "CNN_MODEL_NAME"
+MODEL_CONTROL_ENV = "CNN_MODEL_CONTROL_MODE"
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:
@@ -74,6 +75,14 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
         "default: the bundled models). Check one first with: cnn-service models "
         "--model-repository DIR",
     )
+    parser.add_argument(
+        "--model-control-mode",
+        "--model_control_mode",
+        choices=("none", "explicit"),
+        default=settings.model_control_mode,
+        help="as Triton's: 'none' refuses load and unload (403); 'explicit' allows them "
+        "(CNN_MODEL_CONTROL_MODE; %(default)s)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     if args.model_repository is not None:
@@ -120,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.model_repository is not None:
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_repository)
+    os.environ[MODEL_CONTROL_ENV] = args.model_control_mode  # every worker reads it
     if args.model_name is not None:
         # Every worker builds its app from the environment: KServe's single model goes there.
         os.environ[MODEL_REPOSITORY_ENV] = os.path.abspath(args.model_dir)

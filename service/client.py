@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import pybase64
 
-from .tensors import TakenB64, is_placeholder, take_long_b64
+from .wire.v1 import TakenB64, is_placeholder, take_long_b64
 
 Encoding = Literal["list", "b64"]
 IntOrPair = int | tuple[int, int]

@@ -24,7 +24,8 @@ import numpy as np
 from cnncore import CnnError
 
 from . import metrics
-from .problems import ApiError, Loc, from_cnn_error
+from .errors import Loc, OverloadedError, TooLargeError
+from .problems import from_cnn_error
 from .settings import Settings
 
 T = TypeVar("T")
@@ -42,9 +43,9 @@ class ComputeSlots:
         self._sem = threading.BoundedSemaphore(size)
         self.admitted = 0  # touched only on the event loop: no lock needed
 
-    def _overloaded(self, detail: str) -> ApiError:
+    def _overloaded(self, detail: str) -> OverloadedError:
         metrics.REJECTED.labels(limit="concurrency").inc()
-        return ApiError(503, detail, headers={"Retry-After": str(self.retry_after)})
+        return OverloadedError(detail, headers={"Retry-After": str(self.retry_after)})
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -52,7 +53,7 @@ class ComputeSlots:
 
         Raises
         ------
-        ApiError
+        service.errors.OverloadedError
             503 with ``Retry-After``, at once, when ``size + queue`` are already admitted.
         """
         if self.admitted >= self.capacity:
@@ -72,7 +73,7 @@ class ComputeSlots:
 
         Raises
         ------
-        ApiError
+        service.errors.OverloadedError
             503 with ``Retry-After`` when no slot frees up within the timeout.
         """
         if not self._sem.acquire(timeout=self.timeout):
@@ -94,16 +95,14 @@ def check_budget(settings: Settings, flops: int, work_bytes: int, loc: Loc = ())
     """
     if flops > settings.max_flops:
         metrics.REJECTED.labels(limit="flops").inc()
-        raise ApiError(
-            413,
+        raise TooLargeError(
             f"this request needs {flops:.3g} FLOPs; the limit is {settings.max_flops:.3g} "
             "(CNN_MAX_FLOPS)",
             [(list(loc), f"{flops:.3g} FLOPs exceeds the limit of {settings.max_flops:.3g}")],
         )
     if work_bytes > settings.max_request_bytes:
         metrics.REJECTED.labels(limit="memory").inc()
-        raise ApiError(
-            413,
+        raise TooLargeError(
             f"this request needs about {work_bytes / 2**20:.1f} MiB of working memory; the limit "
             f"is {settings.max_request_bytes / 2**20:.1f} MiB (CNN_MAX_REQUEST_BYTES)",
             [(list(loc), "working memory exceeds the limit")],

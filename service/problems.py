@@ -1,4 +1,5 @@
-"""Errors as RFC 9457 problem details (``application/problem+json``), in one place.
+"""Errors as RFC 9457 problem details (``application/problem+json``), in one place: how
+REST renders the domain exceptions of :mod:`service.errors` (whose table gives the status).
 
 Every error the service sends goes through :func:`problem_response`:
 ``{"type", "title", "status", "detail", "errors": [{"loc": [...], "msg": "..."}]}``.
@@ -22,6 +23,7 @@ from starlette.responses import Response
 from cnncore import CnnError
 
 from . import metrics
+from .errors import InvalidError, Loc, ServiceError
 
 log = logging.getLogger("service")
 
@@ -33,6 +35,7 @@ MAX_LOC_CHARS = 60
 PROBLEM_TYPES: dict[int, str] = {
     400: "urn:cnn-service:problem:malformed-request",
     401: "urn:cnn-service:problem:unauthorized",
+    403: "urn:cnn-service:problem:forbidden",
     404: "urn:cnn-service:problem:not-found",
     405: "urn:cnn-service:problem:method-not-allowed",
     408: "urn:cnn-service:problem:request-timeout",
@@ -42,8 +45,6 @@ PROBLEM_TYPES: dict[int, str] = {
     500: "urn:cnn-service:problem:internal-error",
     503: "urn:cnn-service:problem:overloaded",
 }
-
-Loc = Sequence[str | int]
 
 
 class ErrorItem(BaseModel):
@@ -65,41 +66,16 @@ class Problem(BaseModel):
     errors: list[ErrorItem] = Field(default_factory=list, description="Field-level errors.")
 
 
-class ApiError(Exception):
-    """An error with an HTTP status, raised anywhere in the service and rendered once.
-
-    Parameters
-    ----------
-    status
-        HTTP status code.
-    detail
-        Human-readable explanation.
-    errors
-        ``(loc, msg)`` pairs naming the fields at fault.
-    headers
-        Extra response headers (``Retry-After`` for 503).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        errors: Iterable[tuple[Loc, str]] = (),
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = [(list(loc), msg) for loc, msg in errors]
-        self.headers = dict(headers or {})
+#: The old name of :class:`service.errors.ServiceError`, kept for imports.
+ApiError = ServiceError
 
 
-def invalid(loc: Loc, msg: str) -> ApiError:
-    """A 422 :class:`ApiError` for a single field."""
-    return ApiError(422, f"{_loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
+def invalid(loc: Loc, msg: str) -> InvalidError:
+    """A 422 :class:`~service.errors.InvalidError` for a single field."""
+    return InvalidError(f"{_loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
 
 
-def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> ApiError:
+def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> InvalidError:
     """Map a core error to a 422 whose ``loc`` is ``prefix + [exc.arg]``."""
     loc = [*prefix, exc.arg] if exc.arg else list(prefix)
     return invalid(loc, exc.message)
@@ -217,8 +193,8 @@ def _message(error: Mapping[str, Any]) -> str:
 def install_problem_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem details."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
         v2 = is_v2_path(request.url.path)
         return problem_response(exc.status, exc.detail, exc.errors, exc.headers, v2=v2)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -99,6 +100,12 @@ class Settings(BaseSettings):
         description="KServe's single-model layout (the CLI's --model_name): the repository "
         "folder itself holds one model's files (model.json or model.onnx), served under "
         "this name; nothing else is scanned.",
+    )
+    model_control_mode: Literal["none", "explicit"] = Field(
+        "none",
+        description="Triton's --model-control-mode: 'none' reads the repository at start-up "
+        "and refuses load and unload (403); 'explicit' allows them (with API keys "
+        "configured, only with a key).",
     )
 
     @property

@@ -35,7 +35,7 @@ from cnncore.network_shapes import LayerError
 from ..problems import _message, _pydantic_loc
 from ..routes.network import MAX_NETWORK_LAYERS, NetworkLayer, core_layer
 from ..schemas import StrictModel
-from ..tensors import DTYPES, TensorLimits, limits_scope, list_dtype_scope
+from ..wire.v1 import DTYPES, TensorLimits, limits_scope, list_dtype_scope
 from .model import MODEL_DATATYPES, Model, ModelLoadError, describe_input, free_batch, hold
 
 FILE_NAME = "model.json"

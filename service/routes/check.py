@@ -32,10 +32,11 @@ from cnncore.network import Layer
 from cnncore.network_shapes import LayerError, Pool2dSpec
 
 from ..compute import check_budget, run
-from ..problems import ApiError, from_cnn_error, invalid, problem_responses
+from ..errors import ServiceError
+from ..problems import from_cnn_error, invalid, problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Conv2dParams, Pool2dParams, StrictModel, TensorRequest
-from ..tensors import Tensor
+from ..wire.v1 import Tensor
 from .network import budget
 
 router = make_router(prefix="/v1", tags=["check"])
@@ -158,7 +159,7 @@ def _layer(req: CheckRequest) -> Layer:
     return cnncore.Linear(req.w, req.b)
 
 
-def _single_layer_error(exc: LayerError, op: str) -> ApiError:
+def _single_layer_error(exc: LayerError, op: str) -> ServiceError:
     """A network error about layer 0, told in terms of the single op's request."""
     if exc.arg is None:  # the layer as a whole does not fit its input
         loc: list[str | int] = ["x"]

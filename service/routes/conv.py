@@ -15,7 +15,7 @@ from ..compute import check_budget, run
 from ..problems import problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Conv2dParams, TensorRequest
-from ..tensors import Tensor
+from ..wire.v1 import Tensor
 from .common import BackwardResponse, ForwardResponse, encode, encode_all, meta
 
 router = make_router(prefix="/v1/conv2d", tags=["conv2d"])

@@ -28,7 +28,7 @@ from ..layers import FlattenLayer, Pool2dLayer, ReluLayer, layer_union
 from ..problems import from_cnn_error, invalid, problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Conv2dParams, StrictModel, TensorRequest, TensorResponse
-from ..tensors import Encoding, Tensor
+from ..wire.v1 import Encoding, Tensor
 from .common import encode, encode_all
 from .shapes import LayerShape
 

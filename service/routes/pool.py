@@ -14,7 +14,7 @@ from ..compute import check_budget, run
 from ..problems import problem_responses
 from ..routing import JSONResponse, make_router, settings_of, slots_of
 from ..schemas import Meta, Pool2dParams, TensorRequest, TensorResponse
-from ..tensors import Tensor
+from ..wire.v1 import Tensor
 from .common import ForwardResponse, encode, meta
 
 router = make_router(prefix="/v1/pool2d", tags=["pool2d"])

@@ -15,7 +15,7 @@ from ..layers import Layers, specs
 from ..problems import from_cnn_error, invalid, problem_responses
 from ..routing import JSONResponse, make_router
 from ..schemas import StrictModel
-from ..tensors import Encoding
+from ..wire.v1 import Encoding
 
 router = make_router(prefix="/v1", tags=["shapes"])
 

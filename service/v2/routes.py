@@ -16,29 +16,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-import cnncore
-
-from .. import __version__, metrics
-from ..models import Model, ModelEntry, ModelNameError, ModelNotFoundError, ModelRepository
-from ..models.model import VERSION, ModelState
-from ..problems import ApiError
-from ..routing import JSONResponse, settings_of, slots_of
-from .binary import HEADER_LENGTH, bad_request, decompress, encode_response, split_body
+from .. import metrics
+from ..dataplane import DataPlane, dataplane_of
+from ..errors import ServiceError, bad_request
+from ..models.model import VERSION
+from ..routing import JSONResponse, slots_of
+from ..wire.v2 import HEADER_LENGTH, decompress, encode_response, rest_request, split_body
 from .openapi import (
+    CONTROL_ERRORS,
     ERRORS,
-    EXTENSIONS,
     INFER_ANSWER,
     INFER_BODY,
     PARAMETERS_BODY,
     optional_body,
 )
-from .protocol import compute, model_metadata, plan_request, response_head
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -46,38 +42,13 @@ router = APIRouter(prefix="/v2", tags=["v2"])
 ModelName = Annotated[str, Path(description="The model's name.", examples=["digits"])]
 
 
-def repository_of(request: Request) -> ModelRepository:
-    """The app's model repository."""
-    repo: ModelRepository = request.app.state.models
-    return repo
+def _plane(request: Request) -> DataPlane:
+    return dataplane_of(request.app)
 
 
-def _entry(request: Request, name: str) -> ModelEntry:
-    """The entry of model ``name`` (404 unknown, 400 an invalid name), at the path's version."""
-    version = request.path_params.get("version")
-    try:
-        entry = repository_of(request).entry(name)
-    except ModelNameError as exc:
-        raise bad_request(str(exc), ["path", "model"]) from None
-    except ModelNotFoundError as exc:
-        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
-    if version is not None and version != VERSION:
-        raise ApiError(
-            404,
-            f"model {name!r} has no version {version[:20]!r}; its only version is '{VERSION}'",
-            [(["path", "version"], "unknown version")],
-        )
-    return entry
-
-
-def _ready_model(request: Request, name: str) -> Model:
-    """Model ``name`` if it is READY, else a 400 with its reason."""
-    entry = _entry(request, name)
-    if entry.model is None:
-        raise bad_request(
-            f"model {name!r} is {entry.state.value}: {entry.reason}", ["path", "model"]
-        )
-    return entry.model
+def _version(request: Request) -> str | None:
+    version: str | None = request.path_params.get("version")
+    return version
 
 
 def _both(path: str) -> list[str]:
@@ -128,7 +99,7 @@ def _route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> Response:
     """Name, version and the protocol extensions supported."""
-    return JSONResponse({"name": "cnn-service", "version": __version__, "extensions": EXTENSIONS})
+    return JSONResponse(_plane(request).server_metadata())
 
 
 @router.get("/health/live", summary="Server live")
@@ -142,17 +113,9 @@ async def server_ready(request: Request) -> Response:
     """200 once the repository has been read, whatever each model's state (with
     ``CNN_STRICT_READINESS=true``: only while every model is READY); 400 otherwise, and
     while shutting down."""
-    repo = repository_of(request)
-    if not getattr(request.app.state, "ready", True):
-        raise bad_request("shutting down: this instance no longer accepts new requests")
-    if not repo.scanned:
-        raise bad_request("the model repository has not been read yet")
-    if settings_of(request).strict_readiness:
-        down = [e.name for e in repo.index() if e.state is not ModelState.READY]
-        if down:
-            raise bad_request(
-                f"strict readiness: {len(down)} model(s) not READY: {', '.join(down[:5])}"
-            )
+    reason = _plane(request).not_ready_reason()
+    if reason is not None:
+        raise bad_request(reason)
     return JSONResponse({"ready": True})
 
 
@@ -162,13 +125,13 @@ async def server_ready(request: Request) -> Response:
 @_route("GET", "/models/{model}{v}", summary="Model metadata")
 async def model_metadata_route(request: Request, model: ModelName) -> Response:
     """Every input the model accepts and every output it can answer."""
-    return JSONResponse(model_metadata(_ready_model(request, model)))
+    return JSONResponse(_plane(request).model_metadata(model, _version(request)))
 
 
 @_route("GET", "/models/{model}{v}/ready", summary="Model ready")
 async def model_ready(request: Request, model: ModelName) -> Response:
     """200 when the model is READY, else 400 with its reason."""
-    found = _ready_model(request, model)
+    found = _plane(request).ready_model(model, _version(request))
     return JSONResponse({"name": found.name, "version": found.version, "ready": True})
 
 
@@ -182,32 +145,28 @@ async def model_ready(request: Request, model: ModelName) -> Response:
 async def infer(request: Request, model: ModelName) -> Response:
     """Run the model on ``x``; with an upstream signal (``labels``, ``target`` or
     ``out_grad``), also ``loss``, ``probabilities`` and gradients ``grad/...``."""
-    label = model if model in repository_of(request).names() else metrics.OTHER
+    plane = _plane(request)
+    label = model if model in plane.models.names() else metrics.OTHER
     with _observed(label), slots_of(request).admit():
-        found = _ready_model(request, model)
+        plane.ready_model(model, _version(request))  # 404 / 400 before the body is read
         body = await request.body()
-        content, length, media_type = await run_in_threadpool(_infer, request, found, body)
+        content, length, media_type = await run_in_threadpool(_infer, request, plane, model, body)
     headers = {HEADER_LENGTH: str(length)} if length is not None else None
     return Response(content, media_type=media_type, headers=headers)
 
 
-def _infer(request: Request, model: Model, body: bytes) -> tuple[bytes, int | None, str]:
-    """Parse, check, compute and encode one inference request (in a worker thread)."""
+def _infer(
+    request: Request, plane: DataPlane, model: str, body: bytes
+) -> tuple[bytes, int | None, str]:
+    """Frame, run and encode one inference request (in a worker thread)."""
     encoding = request.headers.get("content-encoding")
     if encoding is not None:
-        body = decompress(body, encoding, settings_of(request).max_body_bytes)
+        body = decompress(body, encoding, plane.settings.max_body_bytes)
     header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
     head = body[: len(body) - len(binary)]
     may_hold_bools = b"true" in head or b"false" in head
-    plan = plan_request(model, header, binary, settings_of(request), may_hold_bools)
-    with slots_of(request).acquire():
-        try:
-            # Overflow is not a warning to log: non-finite outputs are refused when encoded.
-            with np.errstate(all="ignore"):
-                outputs = compute(plan)
-        except cnncore.CnnError as exc:  # shapes were checked; a core refusal is still a 400
-            raise bad_request(str(exc)) from None
-    return encode_response(response_head(plan), outputs)
+    response = plane.infer(model, _version(request), rest_request(header, binary, may_hold_bools))
+    return encode_response(response)
 
 
 @contextmanager
@@ -219,7 +178,7 @@ def _observed(label: str) -> Iterator[None]:
     try:
         yield
         status = "200"
-    except ApiError as exc:
+    except ServiceError as exc:
         status = str(exc.status)
         raise
     finally:
@@ -245,6 +204,15 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return doc
 
 
+def _parameters(doc: dict[str, Any]) -> dict[str, Any]:
+    """The body's ``parameters`` object (absent: ``{}``; anything else is refused, as the
+    published schema says)."""
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise bad_request("parameters must be an object", ["parameters"])
+    return params
+
+
 @router.post(
     "/repository/index",
     summary="Repository index",
@@ -259,56 +227,44 @@ async def repository_index(request: Request) -> Response:
     ready_only = (await _json_body(request)).get("ready", False)
     if not isinstance(ready_only, bool):
         raise bad_request("ready must be true or false", ["ready"])
-    entries = repository_of(request).index()
-    return JSONResponse(
-        [e.as_index() for e in entries if not ready_only or e.state is ModelState.READY]
-    )
+    return JSONResponse(_plane(request).repository_index(ready_only))
 
 
 @router.post(
     "/repository/models/{model}/load",
     summary="Load a model",
-    responses=ERRORS,
+    responses=CONTROL_ERRORS,
     openapi_extra=optional_body(PARAMETERS_BODY, {}),
 )
 async def repository_load(request: Request, model: ModelName) -> Response:
     """(Re)read the model's folder and swap the new model in atomically; requests
     already running finish with the old one. An invalid model is a 400 with its reason
-    (and UNAVAILABLE in the index)."""
-    params = (await _json_body(request)).get("parameters", {})
-    if not isinstance(params, dict):
-        raise bad_request("parameters must be an object", ["parameters"])
+    (and UNAVAILABLE in the index). Refused (403) unless the model-control mode is
+    ``explicit``."""
+    plane = _plane(request)
+    plane.check_model_control()
+    params = _parameters(await _json_body(request))
     if "config" in params or any(str(k).startswith("file:") for k in params):
         raise bad_request(
             "loading from a config or files in the request is not supported: put the model "
             "in the repository folder",
             ["parameters"],
         )
-    repo = repository_of(request)
-    try:
-        entry = await run_in_threadpool(repo.load, model)
-    except ModelNameError as exc:
-        raise bad_request(str(exc), ["path", "model"]) from None
-    except ModelNotFoundError as exc:
-        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
-    if entry.model is None:
-        raise bad_request(f"failed to load {model!r}: {entry.reason}", ["path", "model"])
+    await run_in_threadpool(plane.load, model)
     return JSONResponse({})
 
 
 @router.post(
     "/repository/models/{model}/unload",
     summary="Unload a model",
-    responses=ERRORS,
+    responses=CONTROL_ERRORS,
     openapi_extra=optional_body(PARAMETERS_BODY, {"parameters": {}}),
 )
 async def repository_unload(request: Request, model: ModelName) -> Response:
-    """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish."""
-    await _json_body(request)
-    try:
-        repository_of(request).unload(model)
-    except ModelNameError as exc:
-        raise bad_request(str(exc), ["path", "model"]) from None
-    except ModelNotFoundError as exc:
-        raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
+    """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish.
+    Refused (403) unless the model-control mode is ``explicit``."""
+    plane = _plane(request)
+    plane.check_model_control()
+    _parameters(await _json_body(request))
+    plane.unload(model)
     return JSONResponse({})

@@ -18,9 +18,10 @@ from fastapi.testclient import TestClient
 import cnncore
 from cnncore.gradcheck import assert_gradient
 from service.app import create_app
-from service.problems import ApiError
+from service.errors import BadRequestError
 from service.settings import Settings
-from service.v2.binary import OutputTensor, encode_response
+from service.wire.infer import InferResponse, OutputTensor
+from service.wire.v2 import encode_response
 
 from .v2_models import CLASSES, core_layers, model_doc, tiny_cnn_layers, write_model
 
@@ -47,7 +48,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory, layers: list[dict[str, Any]])
 
 @pytest.fixture(scope="module")
 def client(repo: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(model_repository=repo, max_elements=4096, max_flops=1e5))
+    # explicit model control: the repository tests below load and unload models
+    settings = Settings(
+        model_repository=repo, max_elements=4096, max_flops=1e5, model_control_mode="explicit"
+    )
+    app = create_app(settings)
     with TestClient(app) as c:
         yield c
 
@@ -494,10 +499,14 @@ def test_nan_input_is_refused(client: TestClient) -> None:
 
 def test_non_finite_output_needs_binary() -> None:
     out = np.array([1.0, np.inf])
-    with pytest.raises(ApiError, match="output 'out' holds NaN or infinity") as info:
-        encode_response({}, [OutputTensor("out", out, binary=False)])
+
+    def response(binary: bool) -> InferResponse:
+        return InferResponse("m", "1", None, [OutputTensor("out", "FP64", [2], out, binary)])
+
+    with pytest.raises(BadRequestError, match="output 'out' holds NaN or infinity") as info:
+        encode_response(response(binary=False))
     assert info.value.status == 400
-    body, length, media_type = encode_response({}, [OutputTensor("out", out, binary=True)])
+    body, length, media_type = encode_response(response(binary=True))
     assert media_type == "application/octet-stream"
     assert length is not None
     np.testing.assert_array_equal(np.frombuffer(body[length:], "<f8"), out)
@@ -587,6 +596,18 @@ def test_unload_lets_an_in_flight_request_finish(
     np.testing.assert_allclose(out["out"], reference(layers, x), rtol=1e-12, atol=1e-12)
     assert client.post("/v2/repository/models/tiny/load").status_code == 200
     assert client.app.state.models.entry("tiny").model is not model  # type: ignore[attr-defined]
+
+
+def test_model_control_none_refuses_load_and_unload(repo: Path) -> None:
+    """By default (``none``) nobody who reaches the port can take a served model down."""
+    with TestClient(create_app(Settings(model_repository=repo))) as c:
+        for action in ("unload", "load"):
+            r = c.post(f"/v2/repository/models/tiny/{action}")
+            assert r.status_code == 403
+            assert "model-control-mode explicit" in r.json()["error"]
+        assert c.get("/v2/models/tiny/ready").status_code == 200
+        assert c.post("/v2/repository/index").status_code == 200  # the index stays readable
+        assert c.app.state.dataplane.model_ready("tiny")  # type: ignore[attr-defined]
 
 
 def test_readme_model_and_answers(tmp_path: Path) -> None:

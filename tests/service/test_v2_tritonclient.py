@@ -44,7 +44,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory, layers: list[dict[str, Any]])
 
 @pytest.fixture(scope="module")
 def base_url(repo: Path) -> Iterator[str]:
-    with serve(env={"CNN_MODEL_REPOSITORY": str(repo), "CNN_MAX_CONCURRENCY": "4"}) as url:
+    env = {
+        "CNN_MODEL_REPOSITORY": str(repo),
+        "CNN_MAX_CONCURRENCY": "4",
+        "CNN_MODEL_CONTROL_MODE": "explicit",  # the repository test loads and unloads
+    }
+    with serve(env=env) as url:
         yield url
 
 
