@@ -26,21 +26,34 @@ a body is read) stays with the transport, which can refuse before reading anythi
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 import cnncore
+from cnncore.network import Layer, network_graph
 
-from . import __version__
-from .compute import ComputeSlots, check_budget
-from .errors import NotFoundError, PermissionDeniedError, ServiceError, TooLargeError, bad_request
+from . import __version__, metrics
+from .compute import ComputeSlots
+from .errors import (
+    Loc,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceError,
+    TooLargeError,
+    bad_request,
+    from_cnn_error,
+)
 from .models import Model, ModelEntry, ModelNameError, ModelNotFoundError, ModelRepository
 from .models.model import VERSION, ModelState
 from .settings import Settings
 from .wire.datatypes import LABEL_DATATYPES, v2_name
 from .wire.infer import InferInput, InferRequest, InferResponse, OutputTensor, decode_input
+
+T = TypeVar("T")
 
 SIGNALS = ("labels", "target", "out_grad")
 LOSS_SIGNALS = ("labels", "target")
@@ -240,6 +253,26 @@ class DataPlane:
             )
         return tensors
 
+    # ----------------------------------------------------------------------- /v1
+
+    def check_budget(self, flops: int, work_bytes: int, loc: Loc = ()) -> None:
+        """Refuse (too large) a request over the FLOP or working-memory budget."""
+        check_budget(self.settings, flops, work_bytes, loc)
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+        """Call ``fn`` in a computation slot (``/v1``'s computations, already planned and
+        budgeted); its result and the time taken in ms. Core errors
+        (:class:`cnncore.CnnError`) become 422s naming the argument."""
+        with self.slots.acquire():
+            start = time.perf_counter()
+            try:
+                # Overflow is not a warning to log: a non-finite result is refused when encoded.
+                with np.errstate(all="ignore"):
+                    result = fn(*args, **kwargs)
+            except cnncore.CnnError as exc:
+                raise from_cnn_error(exc) from None
+            return result, (time.perf_counter() - start) * 1e3
+
     # ----------------------------------------------------------------------- repository
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
@@ -295,6 +328,45 @@ class DataPlane:
             raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
 
 
+# --------------------------------------------------------------------------- budgets
+
+
+def check_budget(settings: Settings, flops: int, work_bytes: int, loc: Loc = ()) -> None:
+    """Refuse (:class:`~service.errors.TooLargeError`, 413) a request whose FLOPs or
+    working memory exceed the configured limits.
+
+    Both numbers come from shapes alone, so nothing has been computed or allocated yet.
+    """
+    if flops > settings.max_flops:
+        metrics.REJECTED.labels(limit="flops").inc()
+        raise TooLargeError(
+            f"this request needs {flops:.3g} FLOPs; the limit is {settings.max_flops:.3g} "
+            "(CNN_MAX_FLOPS)",
+            [(list(loc), f"{flops:.3g} FLOPs exceeds the limit of {settings.max_flops:.3g}")],
+        )
+    if work_bytes > settings.max_request_bytes:
+        metrics.REJECTED.labels(limit="memory").inc()
+        raise TooLargeError(
+            f"this request needs about {work_bytes / 2**20:.1f} MiB of working memory; the limit "
+            f"is {settings.max_request_bytes / 2**20:.1f} MiB (CNN_MAX_REQUEST_BYTES)",
+            [(list(loc), "working memory exceeds the limit")],
+        )
+
+
+def network_budget(
+    layers: Sequence[Layer], x_shape: Sequence[int], itemsize: int, backward: bool
+) -> tuple[int, int]:
+    """FLOPs and working-memory bytes of running ``layers`` (checked from shapes already)
+    forward, and backward with ``backward``: the same measured estimate
+    (:meth:`cnncore.graph.GraphInfo.working_bytes`) as a model's on ``/v2``, plus the
+    parameters, which a ``/v1`` request brings itself. A backward pass counts as three
+    passes of FLOPs (forward, dx, dw)."""
+    info = network_graph(layers).infer(tuple(x_shape))
+    params = info.total_params * itemsize
+    passes = 3 if backward else 1
+    return passes * info.total_flops, info.working_bytes(itemsize, backward=backward) + params
+
+
 def dataplane_of(app: Any) -> DataPlane:
     """The dataplane an application keeps at ``app.state.dataplane``."""
     plane: DataPlane = app.state.dataplane
@@ -348,6 +420,12 @@ def _compute(plan: _Plan) -> list[np.ndarray]:
     return [results[name] for name, _ in plan.outputs]
 
 
+def probabilities(out: np.ndarray) -> np.ndarray:
+    """Softmax of each row of ``out`` (computed from the log-softmax, which never
+    overflows)."""
+    return np.exp(cnncore.log_softmax(out))
+
+
 def loss_and_gradient(
     kind: str, out: np.ndarray, signal: np.ndarray
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
@@ -356,7 +434,7 @@ def loss_and_gradient(
     labels; else ``None``)."""
     if kind == "labels":
         loss, dout = cnncore.softmax_cross_entropy(out, signal)
-        return loss, dout, np.exp(cnncore.log_softmax(out))
+        return loss, dout, probabilities(out)
     loss, dout = cnncore.mse_loss(out, signal)
     return loss, dout, None
 

@@ -10,6 +10,10 @@ No web framework is imported here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cnncore import CnnError
 
 Loc = Sequence[str | int]
 
@@ -129,3 +133,19 @@ def error_for_status(
 def bad_request(msg: str, loc: Loc = ()) -> BadRequestError:
     """A :class:`BadRequestError` naming one field."""
     return BadRequestError(msg, [(loc, msg)])
+
+
+def loc_text(loc: Loc) -> str:
+    """A loc as ``a.b.0``, each client-given key clipped to 60 characters."""
+    return ".".join(str(p) if isinstance(p, int) or len(p) <= 60 else p[:57] + "..." for p in loc)
+
+
+def invalid(loc: Loc, msg: str) -> InvalidError:
+    """A 422 :class:`InvalidError` for a single field."""
+    return InvalidError(f"{loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
+
+
+def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> InvalidError:
+    """A core error as a 422 whose ``loc`` is ``prefix + [exc.arg]``."""
+    loc = [*prefix, exc.arg] if exc.arg else list(prefix)
+    return invalid(loc, exc.message)

@@ -23,7 +23,9 @@ from starlette.responses import Response
 from cnncore import CnnError
 
 from . import metrics
-from .errors import InvalidError, Loc, ServiceError
+from .errors import Loc, ServiceError, from_cnn_error, invalid, loc_text
+
+__all__ = ["ApiError", "from_cnn_error", "invalid"]  # old homes, kept for imports
 
 log = logging.getLogger("service")
 
@@ -68,17 +70,6 @@ class Problem(BaseModel):
 
 #: The old name of :class:`service.errors.ServiceError`, kept for imports.
 ApiError = ServiceError
-
-
-def invalid(loc: Loc, msg: str) -> InvalidError:
-    """A 422 :class:`~service.errors.InvalidError` for a single field."""
-    return InvalidError(f"{_loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
-
-
-def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> InvalidError:
-    """Map a core error to a 422 whose ``loc`` is ``prefix + [exc.arg]``."""
-    loc = [*prefix, exc.arg] if exc.arg else list(prefix)
-    return invalid(loc, exc.message)
 
 
 def is_v2_path(path: str) -> bool:
@@ -128,7 +119,7 @@ def _clip_loc(loc: Loc) -> list[str | int]:
 
 
 def _loc_text(loc: Loc) -> str:
-    return ".".join(str(p) for p in _clip_loc(loc))
+    return loc_text(loc)
 
 
 _PRIMITIVE_TAGS = {"int", "str", "bool", "float", "list", "dict", "none", "tuple"}

@@ -31,13 +31,12 @@ from cnncore.gradcheck import DEFAULT_TOLERANCE, compare, default_tolerance
 from cnncore.network import Layer
 from cnncore.network_shapes import LayerError, Pool2dSpec
 
-from ..compute import check_budget, run
+from ..dataplane import dataplane_of, network_budget
 from ..errors import ServiceError
 from ..problems import from_cnn_error, invalid, problem_responses
-from ..routing import JSONResponse, make_router, settings_of, slots_of
+from ..routing import JSONResponse, make_router
 from ..schemas import Conv2dParams, Pool2dParams, StrictModel, TensorRequest
 from ..wire.v1 import Tensor
-from .network import budget
 
 router = make_router(prefix="/v1", tags=["check"])
 
@@ -221,8 +220,9 @@ def check(req: CheckRequest, request: Request) -> Response:
     claims = _claims(req, info.output_shape)
     backward = any(name in GRADIENTS for name in claims)
     itemsize = max(a.itemsize for a in (req.x, req.w, req.b, req.dout) if a is not None)
-    check_budget(settings_of(request), *budget([info], itemsize, backward))
-    answers, _ = run(slots_of(request), _answers, req.x, layer, req.dout, backward)
+    plane = dataplane_of(request.app)
+    plane.check_budget(*network_budget([layer], req.x.shape, itemsize, backward))
+    answers, _ = plane.run(_answers, req.x, layer, req.dout, backward)
     tolerance = req.tolerance or default_tolerance(
         answers["out"].dtype, *(c.dtype for c in claims.values())
     )

@@ -21,7 +21,8 @@ Every other answer to valid data (400, 404, 405, 408, 415, 500, 503) still fails
 The Open Inference Protocol routes (``/v2``) are fuzzed separately with fewer examples:
 there a request valid by the schema may not fit the model (a 400) or name no model (a
 404), so instead of ``positive_data_acceptance`` every error must carry the protocol's
-``"error"`` member (what V2 clients read).
+``"error"`` member (what V2 clients read); ``negative_data_rejection`` holds there too
+(400, 404 or 413 for anything the schema rejects).
 """
 
 from __future__ import annotations
@@ -68,10 +69,18 @@ V1_SCHEMA = SCHEMA.exclude(path_regex="^/v2")
 #: phases (positive and negative data, every check); CNN_FUZZ_COVERAGE=1 adds the
 #: coverage phase, as before a release or after changing a schema.
 V1_SCHEMA.config.phases.coverage.enabled = os.environ.get("CNN_FUZZ_COVERAGE") == "1"
-V2_SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP).include(path_regex="^/v2")
+#: /v2 runs with model control explicit, so that the load and unload bodies are checked
+#: (with the default, none, both are refused before their body is read).
+V2_APP = create_app(
+    Settings(max_elements=64, max_concurrency=2, queue_timeout=5.0, model_control_mode="explicit")
+)
+V2_SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", V2_APP).include(path_regex="^/v2")
 V2_SCHEMA.config.generation.update(
     modes=["positive", "negative"], max_examples=8, database="none", deterministic=True
 )
+# A request the schema rejects is refused: 400 as the protocol says, 413 for an
+# over-limit tensor, 404 for a path naming no model.
+V2_SCHEMA.config.checks.negative_data_rejection.expected_statuses = ["400", "404", "413"]
 # The coverage phase enumerates variants of the inference request's free-form `data`
 # arrays for minutes; the examples and fuzzing phases still run.
 V2_SCHEMA.config.phases.coverage.enabled = False
@@ -108,6 +117,7 @@ V2_CHECKS = [
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    negative_data_rejection,
     v2_errors_carry_error,
 ]
 
