@@ -610,6 +610,24 @@ def test_model_control_none_refuses_load_and_unload(repo: Path) -> None:
         assert c.app.state.dataplane.model_ready("tiny")  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/v2/models/tiny/infer", {"inputs": [_x(1)], "outputs": None}, "outputs"),
+        ("/v2/repository/models/tiny/unload", {"parameters": [None, None]}, "parameters"),
+        ("/v2/repository/models/tiny/load", {"parameters": [None, None]}, "parameters"),
+    ],
+)
+def test_what_the_schema_rejects_is_a_400(
+    client: TestClient, path: str, body: Any, loc: str
+) -> None:
+    """Found by schemathesis's negative_data_rejection: both were answered 200."""
+    r = client.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert loc in r.json()["error"]
+    assert client.get("/v2/models/tiny/ready").status_code == 200
+
+
 def test_readme_model_and_answers(tmp_path: Path) -> None:
     """The README's model.json loads and answers what its curl examples show."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
