@@ -47,8 +47,8 @@ import httpx
 import numpy as np
 import orjson
 
-from service.tensors import encode_tensor
 from service.testing import serve_process
+from service.wire.v1 import encode_tensor
 
 try:
     import psutil  # type: ignore[import-untyped]

@@ -7,145 +7,26 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
 from .auth import ApiKeyMiddleware, document_keys, load_keys
 from .compute import ComputeSlots
 from .dataplane import DataPlane
+from .middleware import BodyLimitMiddleware, CloseWhenDrainingMiddleware
 from .models import DEFAULT_REPOSITORY, ModelRepository
-from .problems import install_problem_handlers, is_v2_path, problem_response, problem_responses
+from .problems import install_problem_handlers, is_v2_path, problem_responses
+from .routes import ALL_ROUTERS, docs
 from .runtime import tune_malloc
 from .settings import Settings
-from .tensors import TensorLimits, bound_request_tensors
-
-log = logging.getLogger("service")
-
-
-class BodyLimitMiddleware:
-    """413 once more than ``max_bytes`` of body have arrived (chunked bodies included),
-    408 when the whole body takes longer than ``timeout`` seconds to arrive (a client
-    that stops sending altogether included).
-
-    It counts bytes as they are received, so neither a lying ``Content-Length`` nor
-    a chunked upload gets past it.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            metrics.REJECTED.labels(limit="body").inc()
-            await self._too_large(scope, receive, send)
-            return
-        received = 0
-        deadline = time.monotonic() + self.timeout
-        response_started = False
-
-        body_done = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, body_done
-            if body_done:  # only http.disconnect is left to wait for: no deadline
-                return await receive()
-            try:
-                # The deadline holds even when nothing arrives: a stalled client is cut off.
-                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                metrics.REJECTED.labels(limit="body_timeout").inc()
-                raise _BodyRejected(408, self._too_slow_detail()) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    metrics.REJECTED.labels(limit="body").inc()
-                    raise _BodyRejected(413, self._too_large_detail())
-                body_done = not message.get("more_body", False)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyRejected as exc:
-            if response_started:
-                raise
-            if exc.status == 413:
-                await self._too_large(scope, receive, send)
-            else:
-                response = problem_response(
-                    408, exc.detail, headers={"Connection": "close"}, v2=is_v2_path(scope["path"])
-                )
-                await response(scope, receive, send)
-
-    def _too_large_detail(self) -> str:
-        return f"the request body exceeds {self.max_bytes} bytes (CNN_MAX_BODY_BYTES)"
-
-    def _too_slow_detail(self) -> str:
-        return f"the request body did not arrive within {self.timeout:g} s"
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = self._too_large_detail()
-        response = problem_response(
-            413,
-            detail,
-            [([], detail)],
-            headers={"Connection": "close"},
-            v2=is_v2_path(scope["path"]),
-        )
-        await response(scope, receive, send)
-
-
-class _BodyRejected(HTTPException):
-    """Raised from ``receive``. An HTTPException, because FastAPI re-raises those while
-    reading the body (the problem handler renders it) but turns any other into a 400."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(status, detail, headers={"Connection": "close"})
-        self.status = status
-
-
-class CloseWhenDrainingMiddleware:
-    """Once the instance is shutting down (``app.state.ready`` false, readiness 503), every
-    response carries ``Connection: close``: a client holding a kept-alive connection here
-    reconnects, through its balancer, to an instance that is not going away. While ready it
-    costs one attribute read per request.
-    """
-
-    def __init__(self, app: ASGIApp, state: Any) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.state.ready:
-            await self.app(scope, receive, send)
-            return
-
-        async def closing_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), (b"connection", b"close")]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, closing_send)
+from .ui.routes import router as ui_router
+from .v2.routes import router as v2_router
+from .wire.v1 import TensorLimits, bound_request_tensors
 
 
 def _not_ready_on_exit_signals(app: FastAPI, delay: float) -> Callable[[], None]:
@@ -263,10 +144,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings
         Limits and options; read from ``CNN_*`` environment variables when omitted.
     """
-    from .routes import ALL_ROUTERS, docs  # routes import schemas, which import this package
-    from .ui.routes import router as ui_router
-    from .v2.routes import router as v2_router
-
     routers = [*ALL_ROUTERS, v2_router, ui_router]
 
     settings = settings or Settings()
@@ -287,9 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ready = True
     app.state.models = open_repository(settings)
-    app.state.dataplane = DataPlane(
-        settings, app.state.models, app.state.slots, draining=lambda: not app.state.ready
-    )
+    app.state.dataplane = DataPlane(settings, app.state.models, app.state.slots, app.state)
     _openapi_with_limits(app, settings.max_elements)
     install_problem_handlers(app)
     for router in routers:

@@ -102,6 +102,7 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
     )
     parser.add_argument(
         "--model-control-mode",
+        "--model_control_mode",  # Triton's and KServe's spelling
         choices=MODEL_CONTROL_MODES,
         default=settings.model_control_mode,
         help="Triton's model control: 'none' refuses load and unload requests, 'explicit' "

@@ -29,7 +29,8 @@ import numpy as np
 import orjson
 import pybase64
 
-from .tensors import TakenB64, is_placeholder, take_long_b64
+from .wire.datatypes import DATATYPES, v2_name
+from .wire.v1 import TakenB64, is_placeholder, take_long_b64
 
 Encoding = Literal["list", "b64"]
 IntOrPair = int | tuple[int, int]
@@ -37,9 +38,6 @@ Padding = int | tuple[int, int] | tuple[int, int, int, int] | str
 
 _HEADER_LENGTH = "Inference-Header-Content-Length"
 _JSON = {"Content-Type": "application/json"}
-_V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64"}
-_NUMPY_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4"}
-_WIRE_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 
 
 class ServiceError(Exception):
@@ -364,7 +362,7 @@ class Client:
                 {
                     "name": name,
                     "shape": list(arr.shape),
-                    "datatype": _V2_DATATYPES[arr.dtype.name],
+                    "datatype": v2_name(arr.dtype),
                     "parameters": {"binary_data_size": le.nbytes},
                 }
             )
@@ -510,7 +508,7 @@ def _decode_v2(response: httpx.Response) -> dict[str, np.ndarray]:
     offset = size
     result: dict[str, np.ndarray] = {}
     for out in header["outputs"]:
-        dtype = np.dtype(_NUMPY_DTYPES[out["datatype"]])
+        dtype = DATATYPES[out["datatype"]]
         nbytes = (out.get("parameters") or {}).get("binary_data_size")
         if nbytes is None:
             result[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])

@@ -1,4 +1,4 @@
-"""Running a computation: budget checks, a bounded number of slots, timing.
+"""Admission and computation slots: how many requests compute at once.
 
 Handlers are plain ``def`` (FastAPI runs them in its thread pool, so the event
 loop keeps answering ``/health/live`` while numpy computes). Each computation
@@ -15,19 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-
-import numpy as np
-
-from cnncore import CnnError
+from collections.abc import Iterator
 
 from . import metrics
-from .problems import ApiError, Loc, from_cnn_error
-from .settings import Settings
-
-T = TypeVar("T")
+from .errors import OverloadedError
 
 
 class ComputeSlots:
@@ -42,9 +33,9 @@ class ComputeSlots:
         self._sem = threading.BoundedSemaphore(size)
         self.admitted = 0  # touched only on the event loop: no lock needed
 
-    def _overloaded(self, detail: str) -> ApiError:
+    def _overloaded(self, detail: str) -> OverloadedError:
         metrics.REJECTED.labels(limit="concurrency").inc()
-        return ApiError(503, detail, headers={"Retry-After": str(self.retry_after)})
+        return OverloadedError(detail, headers={"Retry-After": str(self.retry_after)})
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -52,7 +43,7 @@ class ComputeSlots:
 
         Raises
         ------
-        ApiError
+        service.errors.OverloadedError
             503 with ``Retry-After``, at once, when ``size + queue`` are already admitted.
         """
         if self.admitted >= self.capacity:
@@ -72,7 +63,7 @@ class ComputeSlots:
 
         Raises
         ------
-        ApiError
+        service.errors.OverloadedError
             503 with ``Retry-After`` when no slot frees up within the timeout.
         """
         if not self._sem.acquire(timeout=self.timeout):
@@ -85,42 +76,3 @@ class ComputeSlots:
         finally:
             metrics.IN_FLIGHT.dec()
             self._sem.release()
-
-
-def check_budget(settings: Settings, flops: int, work_bytes: int, loc: Loc = ()) -> None:
-    """Refuse (413) a request whose FLOPs or working memory exceed the configured limits.
-
-    Both numbers come from shapes alone, so nothing has been computed or allocated yet.
-    """
-    if flops > settings.max_flops:
-        metrics.REJECTED.labels(limit="flops").inc()
-        raise ApiError(
-            413,
-            f"this request needs {flops:.3g} FLOPs; the limit is {settings.max_flops:.3g} "
-            "(CNN_MAX_FLOPS)",
-            [(list(loc), f"{flops:.3g} FLOPs exceeds the limit of {settings.max_flops:.3g}")],
-        )
-    if work_bytes > settings.max_request_bytes:
-        metrics.REJECTED.labels(limit="memory").inc()
-        raise ApiError(
-            413,
-            f"this request needs about {work_bytes / 2**20:.1f} MiB of working memory; the limit "
-            f"is {settings.max_request_bytes / 2**20:.1f} MiB (CNN_MAX_REQUEST_BYTES)",
-            [(list(loc), "working memory exceeds the limit")],
-        )
-
-
-def run(slots: ComputeSlots, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
-    """Call ``fn`` in a computation slot; return its result and the time taken in ms.
-
-    Core errors (:class:`cnncore.CnnError`) become 422 problems naming the argument.
-    """
-    with slots.acquire():
-        start = time.perf_counter()
-        try:
-            # Overflow is not a warning to log: a non-finite result is refused when encoded.
-            with np.errstate(all="ignore"):
-                result = fn(*args, **kwargs)
-        except CnnError as exc:
-            raise from_cnn_error(exc) from None
-        return result, (time.perf_counter() - start) * 1e3

@@ -1,73 +1,132 @@
-"""The Open Inference Protocol's one dataplane, shared by every transport.
+"""The dataplane: the one way every transport (REST ``/v2``, gRPC) runs the Open
+Inference Protocol over the model repository.
 
-REST (:mod:`service.v2.routes`) and gRPC (:mod:`service.grpc.server`) turn their
-messages into calls on :class:`DataPlane` and its answers back into theirs; neither
-decodes, budgets, admits or computes on its own. An inference request reaches it in the
-protocol's own form, its JSON head plus the bytes of its binary inputs (what REST
-receives; gRPC maps ``raw_input_contents`` to those bytes and typed contents to
-``data``), so the one codec of :mod:`service.v2.binary` checks every input.
+A request arrives as a :class:`service.wire.infer.InferRequest`, whatever carried it,
+and goes: model (404 unknown, 400 not ready) -> inputs decoded and checked
+(:func:`service.wire.infer.decode_input`) -> mapped onto the model (``x``, one upstream
+signal, the outputs asked for) -> planned from shapes (``graph.infer``) -> budgeted
+with :meth:`cnncore.graph.GraphInfo.working_bytes`, the measured estimate -> a
+computation slot -> forward, loss and probabilities, backward for the gradients asked
+for -> an :class:`~service.wire.infer.InferResponse`. Every failure is a domain
+exception of :mod:`service.errors`; the transport maps it to its status.
 
-Failures are :class:`~service.problems.ApiError` with an HTTP status; each transport maps
-the status once (REST: the problem handlers; gRPC: :data:`service.problems.GRPC_CODES`).
+Inputs: ``x`` and at most one upstream signal: ``labels`` (INT64 or INT32, shape
+``[N]``: mean softmax cross-entropy), ``target`` (the output's shape: mean squared
+error) or ``out_grad`` (dL/d``out``). Outputs: ``out``, ``loss``, ``probabilities``,
+``grad/x``, ``grad/<parameter>`` and ``grad/*``.
+
+The API (agreed with the gRPC transport): :meth:`DataPlane.server_metadata`,
+:meth:`~DataPlane.live`, :meth:`~DataPlane.ready`, :meth:`~DataPlane.model_metadata`,
+:meth:`~DataPlane.model_ready`, :meth:`~DataPlane.infer`,
+:meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load`, :meth:`~DataPlane.unload`.
+``infer``, ``load`` and ``unload`` are synchronous and CPU- or disk-bound: call them in
+a worker thread. Admission (:meth:`service.compute.ComputeSlots.admit`, counted before
+a body is read) stays with the transport, which can refuse before reading anything.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 import cnncore
+from cnncore.network import Conv2d, Layer, Linear, network_graph
 
 from . import __version__, metrics
 from .compute import ComputeSlots
+from .errors import (
+    Loc,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceError,
+    TooLargeError,
+    bad_request,
+    from_cnn_error,
+)
 from .models import Model, ModelEntry, ModelNameError, ModelNotFoundError, ModelRepository
 from .models.model import VERSION, ModelState
-from .problems import ApiError
 from .settings import Settings
-from .v2.binary import OutputTensor, bad_request
-from .v2.openapi import EXTENSIONS
-from .v2.protocol import Plan, compute, model_metadata, plan_request, response_head
+from .wire.datatypes import LABEL_DATATYPES, v2_name
+from .wire.infer import InferInput, InferRequest, InferResponse, OutputTensor, decode_input
 
-SERVER_NAME = "cnn-service"
+T = TypeVar("T")
+
+SIGNALS = ("labels", "target", "out_grad")
+LOSS_SIGNALS = ("labels", "target")
+GRAD = "grad/"
+ALL_GRADS = "grad/*"
+#: The protocol extensions served (REST and gRPC alike).
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+#: Request parameters of Triton's that this service cannot honour: refused, not ignored.
+UNSUPPORTED_PARAMETERS = ("classification", "shared_memory_region")
+#: The model-control modes (Triton's ``--model-control-mode``).
+MODEL_CONTROL_MODES = ("none", "explicit")
+
+
+class _HasState(Protocol):
+    ready: bool
 
 
 @dataclass
+class _Plan:
+    """A request checked against its model and the budgets: ready to compute."""
+
+    model: Model
+    x: np.ndarray
+    signal: str | None
+    signal_value: np.ndarray | None
+    outputs: list[tuple[str, bool]]  # (name, as binary), in the order asked
+    wrt: list[str]  # gradients to compute: "x" and parameter names
+
+
 class DataPlane:
-    """What the server answers, whatever the transport.
+    """The Open Inference Protocol's operations on one model repository.
 
     Parameters
     ----------
     settings
-        The limits and options in force.
+        Limits (elements, FLOPs, working memory) and the model-control mode.
     models
         The model repository.
     slots
-        The admission slots every computation takes.
-    draining
-        Whether the process is shutting down (SIGTERM received): not ready then.
+        The computation slots every computing request takes one of.
+    state
+        An object whose ``ready`` turns false when the instance shuts down (the app's
+        state); ``None``: always ready once the repository is read.
     """
 
-    settings: Settings
-    models: ModelRepository
-    slots: ComputeSlots
-    draining: Callable[[], bool] = lambda: False
+    def __init__(
+        self,
+        settings: Settings,
+        models: ModelRepository,
+        slots: ComputeSlots,
+        state: _HasState | None = None,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.slots = slots
+        self.state = state
 
-    # -- server -----------------------------------------------------------------------
+    # ----------------------------------------------------------------------- server
 
     def server_metadata(self) -> dict[str, Any]:
         """Name, version and the protocol extensions supported."""
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        return {"name": "cnn-service", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def live(self) -> bool:
+        """True while the process answers."""
+        return True
 
     def not_ready_reason(self) -> str | None:
-        """Why the server is not ready, or ``None`` when it is: ready once the repository
-        has been read, whatever each model's state (with ``CNN_STRICT_READINESS``: only
-        while every model is READY), and not while shutting down."""
-        if self.draining():
+        """Why the server is not ready, or ``None`` when it is: shutting down, the
+        repository not read yet, or (strict readiness) a model not READY."""
+        if self.state is not None and not self.state.ready:
             return "shutting down: this instance no longer accepts new requests"
         if not self.models.scanned:
             return "the model repository has not been read yet"
@@ -77,38 +136,38 @@ class DataPlane:
                 return f"strict readiness: {len(down)} model(s) not READY: {', '.join(down[:5])}"
         return None
 
-    # -- models -----------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Whether the server is ready (see :meth:`not_ready_reason`)."""
+        return self.not_ready_reason() is None
+
+    # ----------------------------------------------------------------------- models
 
     def entry(self, name: str, version: str | None = None) -> ModelEntry:
-        """The entry of model ``name`` at ``version`` (``None`` or empty: the only one).
+        """Model ``name``'s entry at ``version`` (``None``: its only one).
 
         Raises
         ------
-        ApiError
-            400 for an invalid name, 404 for an unknown model or version.
+        service.errors.BadRequestError
+            for an invalid name.
+        service.errors.NotFoundError
+            for an unknown model or version.
         """
         try:
             entry = self.models.entry(name)
         except ModelNameError as exc:
             raise bad_request(str(exc), ["path", "model"]) from None
         except ModelNotFoundError as exc:
-            raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
-        if version and version != VERSION:
-            raise ApiError(
-                404,
+            raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
+        if version is not None and version != VERSION:
+            raise NotFoundError(
                 f"model {name!r} has no version {version[:20]!r}; its only version is '{VERSION}'",
                 [(["path", "version"], "unknown version")],
             )
         return entry
 
     def ready_model(self, name: str, version: str | None = None) -> Model:
-        """Model ``name`` if it is READY.
-
-        Raises
-        ------
-        ApiError
-            As :meth:`entry`, and 400 with its reason when it is not READY.
-        """
+        """Model ``name`` if it is READY; else :class:`~service.errors.BadRequestError` with its
+        reason (or as :meth:`entry` raises)."""
         entry = self.entry(name, version)
         if entry.model is None:
             raise bad_request(
@@ -116,71 +175,107 @@ class DataPlane:
             )
         return entry.model
 
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether model ``name`` is READY (raises for an unknown or invalid name)."""
+        return self.entry(name, version).model is not None
+
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Every input the model accepts and every output it can answer."""
-        return model_metadata(self.ready_model(name, version))
+        return metadata(self.ready_model(name, version))
 
-    # -- inference --------------------------------------------------------------------
+    # ----------------------------------------------------------------------- inference
 
-    def plan(
-        self,
-        model: Model,
-        header: dict[str, Any],
-        binary: memoryview,
-        may_hold_bools: bool = True,
-    ) -> Plan:
-        """Check an inference request (its JSON head and binary bytes) against ``model``
-        and the budgets, before anything is computed (see :func:`plan_request`)."""
-        return plan_request(model, header, binary, self.settings, may_hold_bools)
-
-    def compute(self, plan: Plan) -> list[OutputTensor]:
-        """Run a checked plan in a computation slot (blocking: call it off the event loop).
+    def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        """Check ``request`` against model ``name`` and the budgets, then compute it in a
+        computation slot.
 
         Raises
         ------
-        ApiError
-            503 when no slot frees up in time; 400 when cnncore refuses the input.
+        service.errors.ServiceError
+            BadRequestError naming the input or output at fault; NotFoundError; TooLargeError over a
+            limit (the message says how many samples would fit); OverloadedError when no slot
+            frees up in time.
         """
+        model = self.ready_model(name, version)
+        plan = self._plan(model, request)
         with self.slots.acquire():
             try:
-                # Overflow is not a warning to log: non-finite JSON outputs are refused later.
+                # Overflow is not a warning to log: non-finite outputs are refused as JSON.
                 with np.errstate(all="ignore"):
-                    return compute(plan)
+                    arrays = _compute(plan)
             except cnncore.CnnError as exc:  # shapes were checked; a core refusal is a 400
                 raise bad_request(str(exc)) from None
+        outputs = [
+            OutputTensor(n, v2_name(a.dtype), list(a.shape), a, binary)
+            for (n, binary), a in zip(plan.outputs, arrays, strict=True)
+        ]
+        return InferResponse(model.name, model.version, request.id, outputs)
 
-    @staticmethod
-    def response_head(plan: Plan) -> dict[str, Any]:
-        """The response's members other than its outputs."""
-        return response_head(plan)
-
-    @contextmanager
-    def observed(self, name: str) -> Iterator[None]:
-        """Count, time and gauge one inference request under its model's label (a known
-        model's name, else ``other``), with the HTTP status it ended with."""
-        label = name if name in self.models.names() else metrics.OTHER
-        start = time.perf_counter()
-        status = "500"
-        metrics.MODEL_IN_FLIGHT.labels(model=label).inc()
+    def _plan(self, model: Model, request: InferRequest) -> _Plan:
+        _refuse_unsupported(request.parameters, ["parameters"])
+        tensors = self._inputs(request)
+        x = _x(model, tensors)
         try:
-            yield
-            status = "200"
-        except ApiError as exc:
-            status = str(exc.status)
-            raise
-        finally:
-            metrics.MODEL_IN_FLIGHT.labels(model=label).dec()
-            metrics.MODEL_LATENCY.labels(model=label).observe(time.perf_counter() - start)
-            metrics.MODEL_REQUESTS.labels(model=label, status=status).inc()
+            info = model.graph.infer(x.shape)
+        except cnncore.CnnError as exc:
+            raise bad_request(f"input 'x': {exc}", ["inputs", "x"]) from None
+        out_shape = tuple(info.output_shape)
+        signal, value = _signal(model, tensors, out_shape, x.shape[0])
+        outputs = _outputs(model, request, signal)
+        wrt = [n[len(GRAD) :] for n, _ in outputs if n.startswith(GRAD)]
+        passes = 3 if wrt else 1  # a backward pass costs about two forward passes more
+        flops = passes * info.total_flops
+        work = info.working_bytes(x.itemsize, backward=bool(wrt))
+        try:
+            check_budget(self.settings, flops, work, ["inputs", "x"])
+        except TooLargeError as exc:
+            raise _batch_hint(exc, x.shape[0], flops, work, self.settings) from None
+        return _Plan(model, x, signal, value, outputs, wrt)
 
-    @contextmanager
-    def admitted(self) -> Iterator[None]:
-        """Count one computing request from before its body is read until its answer
-        (503 at once when the server is at capacity; see :meth:`ComputeSlots.admit`)."""
-        with self.slots.admit():
-            yield
+    def _inputs(self, request: InferRequest) -> dict[str, tuple[InferInput, np.ndarray]]:
+        tensors: dict[str, tuple[InferInput, np.ndarray]] = {}
+        limit = self.settings.max_elements
+        for i, inp in enumerate(request.inputs):
+            array = decode_input(inp, i, limit, request.may_hold_bools)
+            if inp.name in tensors:
+                raise bad_request(f"input {inp.name[:40]!r} is given twice", ["inputs", i, "name"])
+            tensors[inp.name] = (inp, array)
+        unknown = [n for n in tensors if n != "x" and n not in SIGNALS]
+        if unknown:
+            raise bad_request(
+                f"unknown input {unknown[0][:40]!r}: a model takes x and at most one of "
+                + ", ".join(SIGNALS),
+                ["inputs", unknown[0][:40]],
+            )
+        given = [n for n in SIGNALS if n in tensors]
+        if len(given) > 1:
+            raise bad_request(
+                f"inputs {' and '.join(given)} are both given; send at most one upstream signal",
+                ["inputs", given[1]],
+            )
+        return tensors
 
-    # -- repository -------------------------------------------------------------------
+    # ----------------------------------------------------------------------- /v1
+
+    def check_budget(self, flops: int, work_bytes: int, loc: Loc = ()) -> None:
+        """Refuse (too large) a request over the FLOP or working-memory budget."""
+        check_budget(self.settings, flops, work_bytes, loc)
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+        """Call ``fn`` in a computation slot (``/v1``'s computations, already planned and
+        budgeted); its result and the time taken in ms. Core errors
+        (:class:`cnncore.CnnError`) become 422s naming the argument."""
+        with self.slots.acquire():
+            start = time.perf_counter()
+            try:
+                # Overflow is not a warning to log: a non-finite result is refused when encoded.
+                with np.errstate(all="ignore"):
+                    result = fn(*args, **kwargs)
+            except cnncore.CnnError as exc:
+                raise from_cnn_error(exc) from None
+            return result, (time.perf_counter() - start) * 1e3
+
+    # ----------------------------------------------------------------------- repository
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every model with its state and, when UNAVAILABLE, the reason."""
@@ -191,62 +286,361 @@ class DataPlane:
         ]
 
     def check_model_control(self) -> None:
-        """Load and unload only with ``--model-control-mode explicit`` (Triton's rule): by
-        default the models served are the ones read at start-up, whoever reaches the port.
-
-        Raises
-        ------
-        ApiError
-            403 naming the flag.
-        """
+        """Refuse (:class:`~service.errors.PermissionDeniedError`) load and unload unless the
+        model-control mode is ``explicit``: otherwise anyone who reaches the port could
+        take the served models down."""
         if self.settings.model_control_mode != "explicit":
-            raise ApiError(
-                403,
-                "model control is disabled: this server serves the models it read at "
-                "start-up (--model-control-mode none); start it with --model-control-mode "
+            raise PermissionDeniedError(
+                "model control is disabled: start the server with --model-control-mode "
                 "explicit (CNN_MODEL_CONTROL_MODE=explicit) to load and unload models",
-                [(["path", "model"], "model control disabled")],
+                [(["path", "model"], "model control mode is 'none'")],
             )
 
-    def load(self, name: str, parameters: dict[str, Any]) -> None:
-        """(Re)read the model's folder and swap the new model in (blocking).
+    def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """(Re)read model ``name``'s folder and swap it in; requests already running finish
+        with the old one. ``parameters`` of the request: a config or files are refused.
 
         Raises
         ------
-        ApiError
-            403 unless model control is explicit; 400 for a config or files in the
-            request, an invalid name or a model that fails to load (with its reason);
-            404 for a folder the repository does not have.
+        service.errors.ServiceError
+            PermissionDeniedError unless model control is ``explicit``; BadRequestError for an
+            invalid name or model (which is then UNAVAILABLE in the index), or a config or
+            files in the request; NotFound.
         """
         self.check_model_control()
-        if "config" in parameters or any(str(k).startswith("file:") for k in parameters):
+        params = parameters or {}
+        if "config" in params or any(str(k).startswith("file:") for k in params):
             raise bad_request(
-                "loading from a config or files in the request is not supported: put the "
-                "model in the repository folder",
+                "loading from a config or files in the request is not supported: put the model "
+                "in the repository folder",
                 ["parameters"],
             )
-        entry = self._repository_call(self.models.load, name)
+        try:
+            entry = self.models.load(name)
+        except ModelNameError as exc:
+            raise bad_request(str(exc), ["path", "model"]) from None
+        except ModelNotFoundError as exc:
+            raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
         if entry.model is None:
             raise bad_request(f"failed to load {name!r}: {entry.reason}", ["path", "model"])
 
     def unload(self, name: str) -> None:
-        """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish.
+        """Drop model ``name`` (UNAVAILABLE, "unloaded"); requests already running finish.
 
-        Raises
-        ------
-        ApiError
-            403 unless model control is explicit; 400 for an invalid name, 404 for an
-            unknown model.
+        Raises as :meth:`load` does.
         """
         self.check_model_control()
-        self._repository_call(self.models.unload, name)
-
-    @staticmethod
-    def _repository_call(fn: Any, name: str) -> ModelEntry:
         try:
-            entry: ModelEntry = fn(name)
+            self.models.unload(name)
         except ModelNameError as exc:
             raise bad_request(str(exc), ["path", "model"]) from None
         except ModelNotFoundError as exc:
-            raise ApiError(404, str(exc), [(["path", "model"], "unknown model")]) from None
-        return entry
+            raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def check_budget(settings: Settings, flops: int, work_bytes: int, loc: Loc = ()) -> None:
+    """Refuse (:class:`~service.errors.TooLargeError`, 413) a request whose FLOPs or
+    working memory exceed the configured limits.
+
+    Both numbers come from shapes alone, so nothing has been computed or allocated yet.
+    """
+    if flops > settings.max_flops:
+        metrics.REJECTED.labels(limit="flops").inc()
+        raise TooLargeError(
+            f"this request needs {flops:.3g} FLOPs; the limit is {settings.max_flops:.3g} "
+            "(CNN_MAX_FLOPS)",
+            [(list(loc), f"{flops:.3g} FLOPs exceeds the limit of {settings.max_flops:.3g}")],
+        )
+    if work_bytes > settings.max_request_bytes:
+        metrics.REJECTED.labels(limit="memory").inc()
+        raise TooLargeError(
+            f"this request needs about {work_bytes / 2**20:.1f} MiB of working memory; the limit "
+            f"is {settings.max_request_bytes / 2**20:.1f} MiB (CNN_MAX_REQUEST_BYTES)",
+            [(list(loc), "working memory exceeds the limit")],
+        )
+
+
+#: How many distinct request shapes :func:`network_budget` remembers (per process).
+BUDGET_CACHE_SIZE = 512
+_budgets: OrderedDict[tuple[Any, ...], tuple[int, int]] = OrderedDict()
+_budgets_lock = threading.Lock()
+
+
+def network_budget(
+    layers: Sequence[Layer], x_shape: Sequence[int], itemsize: int, backward: bool
+) -> tuple[int, int]:
+    """FLOPs and working-memory bytes of running ``layers`` (checked from shapes already)
+    forward, and backward with ``backward``: the same measured estimate
+    (:meth:`cnncore.graph.GraphInfo.working_bytes`) as a model's on ``/v2``, plus the
+    parameters, which a ``/v1`` request brings itself. A backward pass counts as three
+    passes of FLOPs (forward, dx, dw).
+
+    The numbers depend on shapes alone, so they are remembered by shapes (the last
+    :data:`BUDGET_CACHE_SIZE`): a convolution's estimate costs about 0.2 ms of Python,
+    a tenth of a tiny request's round trip, and clients repeat their shapes.
+    """
+    specs = repr(
+        [layer.spec() if isinstance(layer, Conv2d | Linear) else layer for layer in layers]
+    )
+    key = (specs, tuple(x_shape), itemsize, backward)
+    with _budgets_lock:
+        found = _budgets.get(key)
+        if found is not None:
+            _budgets.move_to_end(key)
+            return found
+    info = network_graph(layers).infer(tuple(x_shape))
+    params = info.total_params * itemsize
+    passes = 3 if backward else 1
+    result = passes * info.total_flops, info.working_bytes(itemsize, backward=backward) + params
+    with _budgets_lock:
+        _budgets[key] = result
+        if len(_budgets) > BUDGET_CACHE_SIZE:
+            _budgets.popitem(last=False)
+    return result
+
+
+def dataplane_of(app: Any) -> DataPlane:
+    """The dataplane an application keeps at ``app.state.dataplane``."""
+    plane: DataPlane = app.state.dataplane
+    return plane
+
+
+def metadata(model: Model) -> dict[str, Any]:
+    """A model's metadata: every input it accepts and output it can answer."""
+    dt = model.datatype
+    out = model.output_shape
+    inputs = [{"name": "x", "datatype": dt, "shape": model.input_shape}]
+    outputs = [{"name": "out", "datatype": dt, "shape": out}]
+    if model.classes is not None:
+        inputs.append({"name": "labels", "datatype": "INT64", "shape": [out[0]]})
+    inputs += [
+        {"name": "target", "datatype": dt, "shape": out},
+        {"name": "out_grad", "datatype": dt, "shape": out},
+    ]
+    outputs.append({"name": "loss", "datatype": dt, "shape": [1]})
+    if model.classes is not None:
+        outputs.append({"name": "probabilities", "datatype": dt, "shape": out})
+    outputs.append({"name": "grad/x", "datatype": dt, "shape": model.input_shape})
+    outputs += [
+        {"name": GRAD + p, "datatype": dt, "shape": list(model.parameter_shape(p))}
+        for p in model.parameters
+    ]
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": model.platform,
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+
+
+def _compute(plan: _Plan) -> list[np.ndarray]:
+    """The plan's forward (and backward) pass; the outputs asked for, in order."""
+    model = plan.model
+    if plan.signal is None and not plan.wrt:  # plain inference: the model's fastest engine
+        out = model.predict(plan.x)  # without a signal "out" is the only output there is
+        return [out for _ in plan.outputs]
+    out, cache = model.graph.forward(plan.x, backward=bool(plan.wrt))
+    results: dict[str, np.ndarray] = {"out": out}
+    dout = plan.signal_value
+    if plan.signal in LOSS_SIGNALS:
+        assert plan.signal_value is not None
+        loss, dout, probabilities = loss_and_gradient(plan.signal, out, plan.signal_value)
+        results["loss"] = np.array([loss + 0.0], dtype=model.dtype)  # -0.0 reads as 0.0
+        if probabilities is not None:
+            results["probabilities"] = probabilities
+    if plan.wrt:
+        grads = model.graph.backward(dout, cache, wrt=plan.wrt)
+        results.update({GRAD + name: grads[name] for name in plan.wrt})
+    return [results[name] for name, _ in plan.outputs]
+
+
+def probabilities(out: np.ndarray) -> np.ndarray:
+    """Softmax of each row of ``out`` (computed from the log-softmax, which never
+    overflows)."""
+    return np.exp(cnncore.log_softmax(out))
+
+
+def loss_and_gradient(
+    kind: str, out: np.ndarray, signal: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """The loss of ``out`` against ``signal`` (``"labels"``: mean softmax cross-entropy;
+    ``"target"``: mean squared error), dL/d``out``, and the softmax probabilities (with
+    labels; else ``None``)."""
+    if kind == "labels":
+        loss, dout = cnncore.softmax_cross_entropy(out, signal)
+        return loss, dout, probabilities(out)
+    loss, dout = cnncore.mse_loss(out, signal)
+    return loss, dout, None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _refuse_unsupported(params: dict[str, Any], loc: list[str | int]) -> None:
+    for key in UNSUPPORTED_PARAMETERS:
+        if key in params:
+            raise bad_request(f"parameter {key!r} is not supported by this server", [*loc, key])
+
+
+def _shape_text(shape: Any) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _float_input(inp: InferInput, array: np.ndarray, model: Model) -> np.ndarray:
+    if inp.datatype != model.datatype:
+        raise bad_request(
+            f"input {inp.name!r} has datatype {inp.datatype}; model {model.name!r} computes "
+            f"in {model.datatype}",
+            ["inputs", inp.name, "datatype"],
+        )
+    if not np.isfinite(array).all():
+        raise bad_request(f"input {inp.name!r} holds NaN or infinity", ["inputs", inp.name])
+    return array
+
+
+def _x(model: Model, tensors: dict[str, tuple[InferInput, np.ndarray]]) -> np.ndarray:
+    if "x" not in tensors:
+        raise bad_request("input 'x' is missing", ["inputs"])
+    inp, array = tensors["x"]
+    want = model.input_shape
+    fits = array.ndim == len(want) and all(
+        w in (-1, s) for w, s in zip(want, array.shape, strict=True)
+    )
+    if not fits or 0 in array.shape:
+        raise bad_request(
+            f"input 'x' has shape {_shape_text(array.shape)}; model {model.name!r} takes "
+            f"{_shape_text(want)} (-1: any size from 1)",
+            ["inputs", "x", "shape"],
+        )
+    return _float_input(inp, array, model)
+
+
+def _signal(
+    model: Model,
+    tensors: dict[str, tuple[InferInput, np.ndarray]],
+    out_shape: tuple[int, ...],
+    batch: int,
+) -> tuple[str | None, np.ndarray | None]:
+    name = next((n for n in SIGNALS if n in tensors), None)
+    if name is None:
+        return None, None
+    inp, array = tensors[name]
+    loc: list[str | int] = ["inputs", name]
+    if name != "labels":
+        if array.shape != out_shape:
+            raise bad_request(
+                f"input {name!r} has shape {_shape_text(array.shape)}; the output for this x "
+                f"has shape {_shape_text(out_shape)}",
+                [*loc, "shape"],
+            )
+        return name, _float_input(inp, array, model)
+    classes = model.classes
+    if classes is None:
+        raise bad_request(
+            f"input 'labels' needs an output (N, classes); model {model.name!r} answers "
+            f"{_shape_text(model.output_shape)} (send target or out_grad)",
+            loc,
+        )
+    if inp.datatype not in LABEL_DATATYPES:
+        raise bad_request(
+            f"input 'labels' has datatype {inp.datatype}; send INT64 or INT32",
+            [*loc, "datatype"],
+        )
+    if array.shape != (batch,):
+        raise bad_request(
+            f"input 'labels' has shape {_shape_text(array.shape)}; x has {batch} samples, so "
+            f"labels has shape [{batch}]",
+            [*loc, "shape"],
+        )
+    labels = array.astype(np.int64, copy=False)
+    if labels.min() < 0 or labels.max() >= classes:
+        bad = int(labels[(labels < 0) | (labels >= classes)][0])
+        raise bad_request(
+            f"input 'labels' holds {bad}; labels are class indices in [0, {classes})", loc
+        )
+    return name, labels
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _outputs(model: Model, request: InferRequest, signal: str | None) -> list[tuple[str, bool]]:
+    binary_default = request.binary_default
+    if request.outputs is None:
+        names = ["out"]
+        if signal in LOSS_SIGNALS:
+            names.append("loss")
+        if signal == "labels":
+            names.append("probabilities")
+        return [(n, binary_default) for n in names]
+    asked: set[str] = set()
+    chosen: dict[str, bool] = {}  # an output grad/* also names keeps its own binary_data
+    for i, spec in enumerate(request.outputs):
+        _refuse_unsupported(spec.parameters, ["outputs", i, "parameters"])
+        name = spec.name
+        binary = binary_default if spec.binary is None else spec.binary
+        if name in asked:
+            raise bad_request(f"output {name[:60]!r} is asked for twice", ["outputs", i, "name"])
+        asked.add(name)
+        for n in _expand(model, name, signal, i):
+            if name != ALL_GRADS or n not in chosen:
+                chosen[n] = binary
+    return list(chosen.items())
+
+
+def _expand(model: Model, name: str, signal: str | None, i: int) -> list[str]:
+    """The outputs ``name`` stands for (``grad/*``: every gradient), checked against what
+    the request can answer."""
+    loc: list[str | int] = ["outputs", i, "name"]
+    if name == "out":
+        return [name]
+    if name == "loss":
+        if signal not in LOSS_SIGNALS:
+            raise bad_request("output 'loss' needs an input labels or target", loc)
+        return [name]
+    if name == "probabilities":
+        if signal != "labels":
+            raise bad_request("output 'probabilities' needs an input labels", loc)
+        return [name]
+    if name.startswith(GRAD):
+        if signal is None:
+            raise bad_request(
+                f"output {name[:60]!r} needs an upstream signal: an input labels, target "
+                "or out_grad",
+                loc,
+            )
+        if name == ALL_GRADS:
+            return [GRAD + "x"] + [GRAD + p for p in model.parameters]
+        if name == GRAD + "x" or name[len(GRAD) :] in model.graph.params:
+            return [name]
+        some = ", ".join(GRAD + p for p in model.parameters[:6])
+        raise bad_request(
+            f"unknown output {name[:60]!r}: model {model.name!r} has gradients grad/x, "
+            f"{some}{', ...' if len(model.parameters) > 6 else ''} and grad/*",
+            loc,
+        )
+    raise bad_request(
+        f"unknown output {name[:60]!r}: outputs are out, loss, probabilities, grad/x, "
+        "grad/<parameter> and grad/*",
+        loc,
+    )
+
+
+def _batch_hint(
+    exc: ServiceError, batch: int, flops: int, work: int, settings: Settings
+) -> TooLargeError:
+    """The budget's refusal, saying how many samples of this shape would fit (both
+    budgets grow about linearly with the batch)."""
+    fit = min(
+        int(batch * settings.max_flops // max(flops, 1)),
+        batch * settings.max_request_bytes // max(work, 1),
+    )
+    if fit >= 1:
+        hint = f"the batch of {batch} is too large for the model: send at most about {fit}"
+    else:
+        hint = "even one sample of this shape is over the limit for the model"
+    return TooLargeError(f"{exc.detail}; {hint}", exc.errors, exc.headers)

@@ -8,9 +8,10 @@ aggregates every worker's samples.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -72,6 +73,28 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 if os.environ.get(MULTIPROC_ENV):
     # A worker that exits must not leave its in-flight gauge behind in the shared directory.
     atexit.register(_multiprocess.mark_process_dead, os.getpid())
+
+
+@contextlib.contextmanager
+def observe_model(label: str) -> Iterator[None]:
+    """Count, time and gauge one inference request under its model's label (a known
+    model's name, else :data:`OTHER`), with the HTTP status it ended with; every
+    transport's inference goes through this."""
+    from .errors import ServiceError
+
+    start = time.perf_counter()
+    status = "500"
+    MODEL_IN_FLIGHT.labels(model=label).inc()
+    try:
+        yield
+        status = "200"
+    except ServiceError as exc:
+        status = str(exc.status)
+        raise
+    finally:
+        MODEL_IN_FLIGHT.labels(model=label).dec()
+        MODEL_LATENCY.labels(model=label).observe(time.perf_counter() - start)
+        MODEL_REQUESTS.labels(model=label, status=status).inc()
 
 
 def render() -> tuple[bytes, str]:

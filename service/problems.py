@@ -1,4 +1,5 @@
-"""Errors as RFC 9457 problem details (``application/problem+json``), in one place.
+"""Errors as RFC 9457 problem details (``application/problem+json``), in one place: how
+REST renders the domain exceptions of :mod:`service.errors` (whose table gives the status).
 
 Every error the service sends goes through :func:`problem_response`:
 ``{"type", "title", "status", "detail", "errors": [{"loc": [...], "msg": "..."}]}``.
@@ -22,6 +23,9 @@ from starlette.responses import Response
 from cnncore import CnnError
 
 from . import metrics
+from .errors import Loc, ServiceError, from_cnn_error, invalid, loc_text
+
+__all__ = ["ApiError", "from_cnn_error", "invalid"]  # old homes, kept for imports
 
 log = logging.getLogger("service")
 
@@ -33,6 +37,7 @@ MAX_LOC_CHARS = 60
 PROBLEM_TYPES: dict[int, str] = {
     400: "urn:cnn-service:problem:malformed-request",
     401: "urn:cnn-service:problem:unauthorized",
+    403: "urn:cnn-service:problem:forbidden",
     404: "urn:cnn-service:problem:not-found",
     405: "urn:cnn-service:problem:method-not-allowed",
     408: "urn:cnn-service:problem:request-timeout",
@@ -42,8 +47,6 @@ PROBLEM_TYPES: dict[int, str] = {
     500: "urn:cnn-service:problem:internal-error",
     503: "urn:cnn-service:problem:overloaded",
 }
-
-Loc = Sequence[str | int]
 
 
 class ErrorItem(BaseModel):
@@ -65,59 +68,8 @@ class Problem(BaseModel):
     errors: list[ErrorItem] = Field(default_factory=list, description="Field-level errors.")
 
 
-GRPC_CODES: dict[int, str] = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    408: "DEADLINE_EXCEEDED",
-    413: "RESOURCE_EXHAUSTED",
-    415: "INVALID_ARGUMENT",
-    422: "INVALID_ARGUMENT",
-    503: "UNAVAILABLE",
-}
-"""The gRPC status code (``grpc.StatusCode`` name) of each HTTP status an :class:`ApiError`
-carries: the one table that maps a failure to either transport's status."""
-
-
-class ApiError(Exception):
-    """An error with an HTTP status, raised anywhere in the service and rendered once.
-
-    Parameters
-    ----------
-    status
-        HTTP status code.
-    detail
-        Human-readable explanation.
-    errors
-        ``(loc, msg)`` pairs naming the fields at fault.
-    headers
-        Extra response headers (``Retry-After`` for 503).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        errors: Iterable[tuple[Loc, str]] = (),
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = [(list(loc), msg) for loc, msg in errors]
-        self.headers = dict(headers or {})
-
-
-def invalid(loc: Loc, msg: str) -> ApiError:
-    """A 422 :class:`ApiError` for a single field."""
-    return ApiError(422, f"{_loc_text(loc)}: {msg}" if loc else msg, [(loc, msg)])
-
-
-def from_cnn_error(exc: CnnError, prefix: Loc = ()) -> ApiError:
-    """Map a core error to a 422 whose ``loc`` is ``prefix + [exc.arg]``."""
-    loc = [*prefix, exc.arg] if exc.arg else list(prefix)
-    return invalid(loc, exc.message)
+#: The old name of :class:`service.errors.ServiceError`, kept for imports.
+ApiError = ServiceError
 
 
 def is_v2_path(path: str) -> bool:
@@ -167,7 +119,7 @@ def _clip_loc(loc: Loc) -> list[str | int]:
 
 
 def _loc_text(loc: Loc) -> str:
-    return ".".join(str(p) for p in _clip_loc(loc))
+    return loc_text(loc)
 
 
 _PRIMITIVE_TAGS = {"int", "str", "bool", "float", "list", "dict", "none", "tuple"}
@@ -232,8 +184,8 @@ def _message(error: Mapping[str, Any]) -> str:
 def install_problem_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem details."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
         v2 = is_v2_path(request.url.path)
         return problem_response(exc.status, exc.detail, exc.errors, exc.headers, v2=v2)
 

@@ -12,9 +12,9 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from .compute import ComputeSlots
-from .problems import ApiError
+from .errors import UnsupportedMediaTypeError
 from .settings import Settings
-from .tensors import limits_scope, note_body_bools, parse_json_body
+from .wire.v1 import limits_scope, note_body_bools, parse_json_body
 
 
 class OrjsonRequest(Request):
@@ -69,8 +69,7 @@ def require_json(content_type: str | None) -> None:
     ):
         return
     shown = media_type[:40] + ("..." if len(media_type) > 40 else "")
-    raise ApiError(
-        415,
+    raise UnsupportedMediaTypeError(
         f"the request body must be JSON (Content-Type: application/json), got {shown!r}",
         [(["header", "content-type"], "expected application/json")],
     )

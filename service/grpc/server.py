@@ -4,10 +4,11 @@ worker process (contract §5).
 
 A thin transport: each RPC turns its message into a call on the app's
 :class:`~service.dataplane.DataPlane` and the answer back into a message. An inference
-request becomes the protocol's JSON head plus binary bytes (``raw_input_contents`` as the
-binary inputs, typed ``contents`` as ``data``), so REST's one codec checks every input;
-failures keep their :class:`~service.problems.ApiError` status, mapped once by
-:data:`~service.problems.GRPC_CODES`.
+request becomes the wire layer's :class:`~service.wire.infer.InferRequest`
+(``raw_input_contents`` as raw bytes, typed ``contents`` as numbers), decoded and checked
+by the same :func:`~service.wire.infer.decode_input` as REST's;
+failures are :class:`~service.errors.ServiceError`, whose gRPC code comes from the one
+table of :mod:`service.errors`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from starlette.concurrency import run_in_threadpool
 from .. import metrics
 from ..auth import KeyCheck
 from ..dataplane import DataPlane
-from ..models import Model
-from ..problems import GRPC_CODES, ApiError
+from ..errors import ServiceError, bad_request
 from ..settings import Settings
-from ..v2.binary import DATATYPE_OF, DATATYPES, OutputTensor, bad_request
+from ..wire.datatypes import DATATYPES
+from ..wire.infer import InferInput, InferRequest, InferResponse, RequestedOutput
 from . import inference_pb2 as pb
 from . import inference_pb2_grpc as pb_grpc
 
@@ -70,8 +71,8 @@ class _RefusedError(Exception):
         self.message = message
 
 
-def _status(exc: ApiError) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, GRPC_CODES.get(exc.status, "INVALID_ARGUMENT"))
+def _status(exc: ServiceError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.grpc_code)
 
 
 def _rpc(
@@ -92,7 +93,7 @@ def _rpc(
             if name not in OPEN_RPCS:
                 self.authorize(context)
             return await fn(self, request, context)
-        except ApiError as exc:
+        except ServiceError as exc:
             code = _status(exc)
             detail = exc.detail
         except _RefusedError as exc:
@@ -146,7 +147,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.plane.not_ready_reason() is None)
+        return pb.ServerReadyResponse(ready=self.plane.ready())
 
     @_rpc
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
@@ -156,12 +157,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
-        entry = self.plane.entry(request.name, request.version)  # unknown: NOT_FOUND
-        return pb.ModelReadyResponse(ready=entry.model is not None)
+        ready = self.plane.model_ready(request.name, request.version or None)  # unknown: NOT_FOUND
+        return pb.ModelReadyResponse(ready=ready)
 
     @_rpc
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
-        meta = self.plane.model_metadata(request.name, request.version)
+        meta = self.plane.model_metadata(request.name, request.version or None)
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],
@@ -174,13 +175,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         plane = self.plane
-        if plane.draining():
+        if plane.state is not None and not plane.state.ready:
             raise _RefusedError(
                 grpc.StatusCode.UNAVAILABLE, "shutting down: send the call elsewhere"
             )
-        with plane.observed(request.model_name), plane.admitted():
-            model = plane.ready_model(request.model_name, request.model_version)
-            return await run_in_threadpool(_infer, plane, model, request)
+        name = request.model_name
+        label = name if name in plane.models.names() else metrics.OTHER
+        with metrics.observe_model(label), plane.slots.admit():
+            plane.ready_model(name, request.model_version or None)  # before any decoding
+            return await run_in_threadpool(_infer, plane, request)
 
     # -- repository -------------------------------------------------------------------
 
@@ -210,36 +213,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 # --------------------------------------------------------------------------- inference
 
 
-def _infer(plane: DataPlane, model: Model, request: Any) -> pb.ModelInferResponse:
+def _infer(plane: DataPlane, request: Any) -> pb.ModelInferResponse:
     """Decode, check, compute and encode one ``ModelInfer`` (in a worker thread)."""
-    header, binary, raw = request_head(request)
-    plan = plane.plan(model, header, memoryview(binary))
-    outputs = plane.compute(plan)
-    head = plane.response_head(plan)
-    return response(head, outputs, raw)
+    infer_request, raw = request_of(request)
+    response = plane.infer(request.model_name, request.model_version or None, infer_request)
+    return response_of(response, raw)
 
 
-def request_head(request: Any) -> tuple[dict[str, Any], bytes, bool]:
-    """A ``ModelInferRequest`` as the protocol's JSON head, its binary bytes, and whether
-    the inputs came raw.
+def request_of(request: Any) -> tuple[InferRequest, bool]:
+    """A ``ModelInferRequest`` as the wire layer's request, and whether its inputs came raw.
 
     Raises
     ------
-    ApiError
-        400 naming the field: typed and raw contents mixed, a raw entry count or size
-        that disagrees with the inputs, typed contents in another datatype's field or
-        of the wrong count. Every size is compared before anything is converted.
+    service.errors.BadRequestError
+        naming the field: typed and raw contents mixed, a raw entry count or size that
+        disagrees with the inputs, typed contents in another datatype's field or of the
+        wrong count. Every size is compared before anything is converted.
     """
     raw = list(request.raw_input_contents)
-    inputs = list(request.inputs)
-    if raw and len(raw) != len(inputs):
+    tensors = list(request.inputs)
+    if raw and len(raw) != len(tensors):
         raise bad_request(
-            f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; send one "
+            f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; send one "
             "per input, in order",
             ["raw_input_contents"],
         )
-    specs: list[dict[str, Any]] = []
-    for i, t in enumerate(inputs):
+    inputs: list[InferInput] = []
+    for i, t in enumerate(tensors):
         loc: list[str | int] = ["inputs", i]
         if raw and t.HasField("contents"):
             raise bad_request(
@@ -247,30 +247,25 @@ def request_head(request: Any) -> tuple[dict[str, Any], bytes, bool]:
                 "raw_input_contents; send one or the other",
                 [*loc, "contents"],
             )
-        spec: dict[str, Any] = {
-            "name": t.name,
-            "datatype": t.datatype,
-            "shape": list(t.shape),
-            "parameters": {k: _infer_value(v) for k, v in t.parameters.items()},
-        }
+        params = {k: _infer_value(v) for k, v in t.parameters.items()}
         if raw:
             _check_raw_size(t, len(raw[i]), i)
-            spec["parameters"]["binary_data_size"] = len(raw[i])
+            data: Any = raw[i]
         else:
-            spec["data"] = _typed(t, loc)
-        specs.append(spec)
-    header: dict[str, Any] = {
-        "inputs": specs,
-        "parameters": {k: _infer_value(v) for k, v in request.parameters.items()},
-    }
-    if request.id:
-        header["id"] = request.id
-    if request.outputs:
-        header["outputs"] = [
-            {"name": o.name, "parameters": {k: _infer_value(v) for k, v in o.parameters.items()}}
-            for o in request.outputs
-        ]
-    return header, b"".join(raw), bool(raw)
+            data = _typed(t, loc)
+        inputs.append(InferInput(t.name, t.datatype, list(t.shape), data, params))
+    outputs = [
+        RequestedOutput(o.name, None, {k: _infer_value(v) for k, v in o.parameters.items()})
+        for o in request.outputs
+    ]
+    infer_request = InferRequest(
+        id=request.id or None,
+        inputs=inputs,
+        outputs=outputs or None,
+        parameters={k: _infer_value(v) for k, v in request.parameters.items()},
+        may_hold_bools=False,  # typed contents hold numbers of their field's kind
+    )
+    return infer_request, bool(raw)
 
 
 def _check_raw_size(t: Any, size: int, i: int) -> None:
@@ -288,12 +283,12 @@ def _check_raw_size(t: Any, size: int, i: int) -> None:
         )
 
 
-def _typed(t: Any, loc: list[str | int]) -> np.ndarray:
-    """An input's typed contents as a flat array (counted before it is converted)."""
+def _typed(t: Any, loc: list[str | int]) -> list[Any]:
+    """An input's typed contents as a flat list (counted before it is converted)."""
     field = CONTENTS_FIELD.get(t.datatype)
     who = f"input {t.name[:60]!r}"
     if field is None or field == "bytes_contents":
-        return np.empty(0)  # the codec refuses the datatype, naming it
+        return []  # the wire layer refuses the datatype, naming it
     present = [f.name for f, _ in t.contents.ListFields()] if t.HasField("contents") else []
     others = [f for f in present if f != field]
     if others:
@@ -310,24 +305,25 @@ def _typed(t: Any, loc: list[str | int]) -> np.ndarray:
             f"{max(count, 0)}",
             [*loc, "contents", field],
         )
-    return np.fromiter(values, dtype=DATATYPES[t.datatype], count=len(values))
+    return list(values)
 
 
-def response(head: dict[str, Any], outputs: list[OutputTensor], raw: bool) -> pb.ModelInferResponse:
+def response_of(response: InferResponse, raw: bool) -> pb.ModelInferResponse:
     """The ``ModelInferResponse``: raw little-endian bytes when the request was raw (what
     ``tritonclient.grpc`` reads), typed contents otherwise."""
     answer = pb.ModelInferResponse(
-        model_name=head["model_name"], model_version=head["model_version"], id=head.get("id", "")
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id or "",
     )
-    for out in outputs:
+    for out in response.outputs:
         arr = out.array
-        datatype = DATATYPE_OF[arr.dtype]
-        tensor = answer.outputs.add(name=out.name, datatype=datatype, shape=list(arr.shape))
+        tensor = answer.outputs.add(name=out.name, datatype=out.datatype, shape=list(arr.shape))
         if raw:
             le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
             answer.raw_output_contents.append(le.tobytes())
         else:
-            getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())
+            getattr(tensor.contents, CONTENTS_FIELD[out.datatype]).extend(arr.ravel().tolist())
     return answer
 
 
@@ -359,7 +355,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     def _status(self, service: str) -> Any:
         if service not in ("", SERVICE):
             return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-        if self.plane.not_ready_reason() is None:
+        if self.plane.ready():
             return health_pb2.HealthCheckResponse.SERVING
         return health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -19,11 +19,13 @@ import numpy as np
 
 from cnncore.graph import Graph
 
+from ..wire.datatypes import DATATYPES, FLOAT_DATATYPES
+
 if TYPE_CHECKING:
     from .onnx_runtime import OrtSession
 
 #: Open Inference Protocol datatypes a model can compute in, and their numpy dtypes.
-MODEL_DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+MODEL_DATATYPES: dict[str, np.dtype] = {name: DATATYPES[name] for name in FLOAT_DATATYPES}
 
 VERSION = "1"
 """Every model has exactly one version."""

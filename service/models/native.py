@@ -33,9 +33,9 @@ from cnncore.network import Layer, network_graph
 from cnncore.network_shapes import LayerError
 
 from ..problems import _message, _pydantic_loc
-from ..routes.network import MAX_NETWORK_LAYERS, NetworkLayer, core_layer
 from ..schemas import StrictModel
-from ..tensors import DTYPES, TensorLimits, limits_scope, list_dtype_scope
+from ..schemas.network import MAX_NETWORK_LAYERS, NetworkLayer, core_layer
+from ..wire.v1 import DTYPES, TensorLimits, limits_scope, list_dtype_scope
 from .model import MODEL_DATATYPES, Model, ModelLoadError, describe_input, free_batch, hold
 
 FILE_NAME = "model.json"

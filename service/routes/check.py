@@ -31,12 +31,12 @@ from cnncore.gradcheck import DEFAULT_TOLERANCE, compare, default_tolerance
 from cnncore.network import Layer
 from cnncore.network_shapes import LayerError, Pool2dSpec
 
-from ..compute import check_budget, run
-from ..problems import ApiError, from_cnn_error, invalid, problem_responses
-from ..routing import JSONResponse, make_router, settings_of, slots_of
+from ..dataplane import dataplane_of, network_budget
+from ..errors import ServiceError
+from ..problems import from_cnn_error, invalid, problem_responses
+from ..routing import JSONResponse, make_router
 from ..schemas import Conv2dParams, Pool2dParams, StrictModel, TensorRequest
-from ..tensors import Tensor
-from .network import budget
+from ..wire.v1 import Tensor
 
 router = make_router(prefix="/v1", tags=["check"])
 
@@ -158,7 +158,7 @@ def _layer(req: CheckRequest) -> Layer:
     return cnncore.Linear(req.w, req.b)
 
 
-def _single_layer_error(exc: LayerError, op: str) -> ApiError:
+def _single_layer_error(exc: LayerError, op: str) -> ServiceError:
     """A network error about layer 0, told in terms of the single op's request."""
     if exc.arg is None:  # the layer as a whole does not fit its input
         loc: list[str | int] = ["x"]
@@ -220,8 +220,9 @@ def check(req: CheckRequest, request: Request) -> Response:
     claims = _claims(req, info.output_shape)
     backward = any(name in GRADIENTS for name in claims)
     itemsize = max(a.itemsize for a in (req.x, req.w, req.b, req.dout) if a is not None)
-    check_budget(settings_of(request), *budget([info], itemsize, backward))
-    answers, _ = run(slots_of(request), _answers, req.x, layer, req.dout, backward)
+    plane = dataplane_of(request.app)
+    plane.check_budget(*network_budget([layer], req.x.shape, itemsize, backward))
+    answers, _ = plane.run(_answers, req.x, layer, req.dout, backward)
     tolerance = req.tolerance or default_tolerance(
         answers["out"].dtype, *(c.dtype for c in claims.values())
     )

@@ -11,7 +11,7 @@ from cnncore import LayerInfo
 
 from ..problems import invalid
 from ..schemas import Meta, TensorResponse
-from ..tensors import Encoding, encode_tensor
+from ..wire.v1 import Encoding, encode_tensor
 
 
 class ForwardResponse(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from fastapi import Request
@@ -11,11 +10,11 @@ from starlette.responses import Response
 
 import cnncore
 
-from ..compute import check_budget, run
+from ..dataplane import dataplane_of, network_budget
 from ..problems import problem_responses
-from ..routing import JSONResponse, make_router, settings_of, slots_of
+from ..routing import JSONResponse, make_router
 from ..schemas import Conv2dParams, TensorRequest
-from ..tensors import Tensor
+from ..wire.v1 import Tensor
 from .common import BackwardResponse, ForwardResponse, encode, encode_all, meta
 
 router = make_router(prefix="/v1/conv2d", tags=["conv2d"])
@@ -59,13 +58,14 @@ def _geometry(req: Conv2dForwardRequest) -> cnncore.geometry.Conv2dGeometry:
     )
 
 
-def _work_bytes(geo: cnncore.geometry.Conv2dGeometry, itemsize: int, passes: int) -> int:
-    """Inputs, outputs and the column buffer of the im2col GEMM, per pass."""
-    info = geo.info
-    cols = geo.n * geo.out_h * geo.out_w * (geo.c // geo.groups) * geo.kh * geo.kw
-    x = geo.n * geo.c * math.prod(geo.padded_hw)
-    out = geo.n * geo.f * geo.out_h * geo.out_w
-    return (x + out + cols + info.param_count) * itemsize * passes
+def _work_bytes(req: Conv2dForwardRequest, backward: bool) -> int:
+    """The measured working-memory estimate of this convolution (one-layer network)."""
+    layer = cnncore.Conv2d(req.w, req.b, **_conv_kwargs(req))
+    return network_budget([layer], req.x.shape, _itemsize(req), backward)[1]
+
+
+def _itemsize(req: Conv2dForwardRequest) -> int:
+    return max(a.itemsize for a in (req.x, req.w, req.b) if a is not None)
 
 
 @router.post(
@@ -77,10 +77,9 @@ def _work_bytes(geo: cnncore.geometry.Conv2dGeometry, itemsize: int, passes: int
 def conv2d_forward(req: Conv2dForwardRequest, request: Request) -> Response:
     """``out = x ⋆ w + b`` (cross-correlation, as in PyTorch and the tutorial)."""
     geo = _geometry(req)
-    check_budget(settings_of(request), geo.info.flops, _work_bytes(geo, req.x.itemsize, 1))
-    (out, _), ms = run(
-        slots_of(request), cnncore.conv2d_forward, req.x, req.w, req.b, **_conv_kwargs(req)
-    )
+    plane = dataplane_of(request.app)
+    plane.check_budget(geo.info.flops, _work_bytes(req, backward=False))
+    (out, _), ms = plane.run(cnncore.conv2d_forward, req.x, req.w, req.b, **_conv_kwargs(req))
     return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(geo.info, out, ms)})
 
 
@@ -99,7 +98,8 @@ def conv2d_backward(req: Conv2dBackwardRequest, request: Request) -> Response:
     """Gradients of the loss with respect to ``x``, ``w`` and ``b`` given ``dout``."""
     geo = _geometry(req)
     flops = 3 * geo.info.flops  # forward (for the cache), dx and dw
-    check_budget(settings_of(request), flops, _work_bytes(geo, req.x.itemsize, 3))
-    (dx, dw, db, out), ms = run(slots_of(request), _conv_backward, req)
+    plane = dataplane_of(request.app)
+    plane.check_budget(flops, _work_bytes(req, backward=True))
+    (dx, dw, db, out), ms = plane.run(_conv_backward, req)
     grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
     return JSONResponse({**grads, "meta": meta(geo.info, out, ms, flops=flops)})

@@ -8,7 +8,8 @@ from fastapi import Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from ..problems import ApiError, problem_responses
+from ..errors import OverloadedError
+from ..problems import problem_responses
 from ..routing import JSONResponse, make_router, settings_of
 
 router = make_router(prefix="/health", tags=["operations"])
@@ -37,8 +38,7 @@ async def ready(request: Request) -> Response:
     """200 while the service accepts new work; 503 once it is shutting down, so load
     balancers stop sending requests while in-flight ones finish."""
     if not getattr(request.app.state, "ready", True):
-        raise ApiError(
-            503,
+        raise OverloadedError(
             "shutting down: this instance no longer accepts new requests",
             headers={"Retry-After": str(settings_of(request).retry_after)},
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from fastapi import Request
@@ -11,11 +10,11 @@ from starlette.responses import Response
 
 import cnncore
 
-from ..compute import check_budget, run
+from ..dataplane import dataplane_of, network_budget
 from ..problems import problem_responses
-from ..routing import JSONResponse, make_router, settings_of, slots_of
+from ..routing import JSONResponse, make_router
 from ..schemas import TensorRequest
-from ..tensors import Tensor
+from ..wire.v1 import Tensor
 from .common import BackwardResponse, ForwardResponse, encode, encode_all, meta
 
 router = make_router(prefix="/v1/linear", tags=["linear"])
@@ -51,10 +50,11 @@ def _info(req: LinearForwardRequest) -> cnncore.LayerInfo:
     return cnncore.linear_info(req.x.shape, req.w.shape, bias=req.b is not None)
 
 
-def _work_bytes(info: cnncore.LayerInfo, itemsize: int, passes: int) -> int:
-    """Inputs, weights and output, per pass."""
-    x, out = math.prod(info.input_shape), math.prod(info.output_shape)
-    return (x + info.param_count + out) * itemsize * passes
+def _work_bytes(req: LinearForwardRequest, backward: bool) -> int:
+    """The measured working-memory estimate of this layer (one-layer network)."""
+    itemsize = max(a.itemsize for a in (req.x, req.w, req.b) if a is not None)
+    layer = cnncore.Linear(req.w, req.b)
+    return network_budget([layer], req.x.shape, itemsize, backward)[1]
 
 
 @router.post(
@@ -66,8 +66,9 @@ def _work_bytes(info: cnncore.LayerInfo, itemsize: int, passes: int) -> int:
 def linear_forward(req: LinearForwardRequest, request: Request) -> Response:
     """``out = x.reshape(N, D) @ w + b``."""
     info = _info(req)
-    check_budget(settings_of(request), info.flops, _work_bytes(info, req.x.itemsize, 1))
-    (out, _), ms = run(slots_of(request), cnncore.linear_forward, req.x, req.w, req.b)
+    plane = dataplane_of(request.app)
+    plane.check_budget(info.flops, _work_bytes(req, backward=False))
+    (out, _), ms = plane.run(cnncore.linear_forward, req.x, req.w, req.b)
     return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(info, out, ms)})
 
 
@@ -86,7 +87,8 @@ def linear_backward(req: LinearBackwardRequest, request: Request) -> Response:
     """Gradients with respect to ``x`` (in ``x``'s original shape), ``w`` and ``b``."""
     info = _info(req)
     flops = 3 * info.flops  # forward (for the cache), dx and dw
-    check_budget(settings_of(request), flops, _work_bytes(info, req.x.itemsize, 3))
-    (dx, dw, db, out), ms = run(slots_of(request), _linear_backward, req)
+    plane = dataplane_of(request.app)
+    plane.check_budget(flops, _work_bytes(req, backward=True))
+    (dx, dw, db, out), ms = plane.run(_linear_backward, req)
     grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
     return JSONResponse({**grads, "meta": meta(info, out, ms, flops=flops)})

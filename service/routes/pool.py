@@ -9,12 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 import cnncore
+from cnncore.network_shapes import Pool2dSpec
 
-from ..compute import check_budget, run
+from ..dataplane import dataplane_of, network_budget
 from ..problems import problem_responses
-from ..routing import JSONResponse, make_router, settings_of, slots_of
+from ..routing import JSONResponse, make_router
 from ..schemas import Meta, Pool2dParams, TensorRequest, TensorResponse
-from ..tensors import Tensor
+from ..wire.v1 import Tensor
 from .common import ForwardResponse, encode, meta
 
 router = make_router(prefix="/v1/pool2d", tags=["pool2d"])
@@ -65,12 +66,10 @@ def _geometry(req: Pool2dForwardRequest) -> cnncore.geometry.Pool2dGeometry:
     )
 
 
-def _work_bytes(geo: cnncore.geometry.Pool2dGeometry, itemsize: int, passes: int) -> int:
-    """Padded input, the window copy of max pooling, output and argmax, per pass."""
-    x = geo.n * geo.c * (geo.h + 2 * geo.ph + geo.kh) * (geo.w + 2 * geo.pw + geo.kw)
-    out = geo.n * geo.c * geo.out_h * geo.out_w
-    # bincount (max backward) works in float64 and the argmax indices are int64.
-    return (x + out * (geo.kh * geo.kw + 2)) * max(itemsize, 8) * passes
+def _work_bytes(req: Pool2dForwardRequest, backward: bool) -> int:
+    """The measured working-memory estimate of this pooling (one-layer network)."""
+    layer = Pool2dSpec(**_pool_kwargs(req))
+    return network_budget([layer], req.x.shape, req.x.itemsize, backward)[1]
 
 
 def _pool_kwargs(req: Pool2dForwardRequest) -> dict:
@@ -86,8 +85,9 @@ def _pool_kwargs(req: Pool2dForwardRequest) -> dict:
 def pool2d_forward(req: Pool2dForwardRequest, request: Request) -> Response:
     """Max or average of each window, channel by channel."""
     geo = _geometry(req)
-    check_budget(settings_of(request), geo.info.flops, _work_bytes(geo, req.x.itemsize, 1))
-    (out, _), ms = run(slots_of(request), cnncore.pool2d_forward, req.x, **_pool_kwargs(req))
+    plane = dataplane_of(request.app)
+    plane.check_budget(geo.info.flops, _work_bytes(req, backward=False))
+    (out, _), ms = plane.run(cnncore.pool2d_forward, req.x, **_pool_kwargs(req))
     return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(geo.info, out, ms)})
 
 
@@ -107,8 +107,9 @@ def pool2d_backward(req: Pool2dBackwardRequest, request: Request) -> Response:
     gradient to its first maximum, average pooling spreads it over the window."""
     geo = _geometry(req)
     flops = 2 * geo.info.flops  # forward (for the cache) and backward
-    check_budget(settings_of(request), flops, _work_bytes(geo, req.x.itemsize, 2))
-    (dx, out), ms = run(slots_of(request), _pool_backward, req)
+    plane = dataplane_of(request.app)
+    plane.check_budget(flops, _work_bytes(req, backward=True))
+    (dx, out), ms = plane.run(_pool_backward, req)
     return JSONResponse(
         {"dx": encode(dx, req.encoding, "dx"), "meta": meta(geo.info, out, ms, flops=flops)}
     )

@@ -11,11 +11,11 @@ from starlette.responses import Response
 from cnncore import LayerInfo
 from cnncore.network_shapes import LayerError, walk_shapes
 
-from ..layers import Layers, specs
 from ..problems import from_cnn_error, invalid, problem_responses
 from ..routing import JSONResponse, make_router
 from ..schemas import StrictModel
-from ..tensors import Encoding
+from ..schemas.layers import Layers, LayerShape, specs
+from ..wire.v1 import Encoding
 
 router = make_router(prefix="/v1", tags=["shapes"])
 
@@ -55,19 +55,6 @@ class ShapesRequest(StrictModel):
     )
 
     model_config = ConfigDict(json_schema_extra={"examples": [LENET]})
-
-
-class LayerShape(BaseModel):
-    """One layer's shapes and costs."""
-
-    type: str = Field(description="The layer's type.")
-    input_shape: list[int]
-    output_shape: list[int]
-    param_count: int = Field(description="Weights plus biases.")
-    macs: int = Field(description="Multiply-accumulates of the forward pass.")
-    flops: int = Field(description="FLOPs of the forward pass (2 × MACs for conv and linear).")
-    exact: bool = Field(description="Whether the output-size division was exact.")
-    unused: list[int] = Field(description="Trailing input (rows, cols) no window covers.")
 
 
 class ShapesResponse(BaseModel):

@@ -1,15 +1,13 @@
 """OpenAPI descriptions of the V2 routes: the inference request's JSON, the binary
 alternative, error bodies with ``error``, and the repository routes' optional bodies.
-Documentation only: requests are parsed by :mod:`service.v2.binary` and checked by
-:mod:`service.v2.protocol`, never by these schemas."""
+Documentation only: requests are framed by :mod:`service.wire.v2` and checked by
+:mod:`service.dataplane`, never by these schemas."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .binary import HEADER_LENGTH
-
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+from ..wire.v2 import HEADER_LENGTH
 
 #: An error on /v2: problem details with the protocol's ``error`` member.
 ERROR_SCHEMA: dict[str, Any] = {
@@ -84,15 +82,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "Overloaded; retry after `Retry-After` seconds.",
     }.items()
 }
-
+#: The load and unload routes' errors: also 403 while model control is not `explicit`.
 CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     403: {
-        "description": "Model control is disabled (`--model-control-mode none`, the default).",
+        "description": "Model control is disabled (`--model-control-mode none`).",
         "content": {"application/problem+json": {"schema": ERROR_SCHEMA}},
     },
 }
-"""The load and unload routes' errors."""
 
 
 INFER_BODY = {

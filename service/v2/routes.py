@@ -19,11 +19,12 @@ from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from ..dataplane import DataPlane
-from ..models import Model
+from .. import metrics
+from ..dataplane import DataPlane, dataplane_of
+from ..errors import bad_request
 from ..models.model import VERSION
-from ..routing import JSONResponse
-from .binary import HEADER_LENGTH, bad_request, decompress, encode_response, split_body
+from ..routing import JSONResponse, slots_of
+from ..wire.v2 import HEADER_LENGTH, decompress, encode_response, rest_request, split_body
 from .openapi import (
     CONTROL_ERRORS,
     ERRORS,
@@ -39,14 +40,13 @@ router = APIRouter(prefix="/v2", tags=["v2"])
 ModelName = Annotated[str, Path(description="The model's name.", examples=["digits"])]
 
 
-def dataplane_of(request: Request) -> DataPlane:
-    """The app's :class:`~service.dataplane.DataPlane`."""
-    plane: DataPlane = request.app.state.dataplane
-    return plane
+def _plane(request: Request) -> DataPlane:
+    return dataplane_of(request.app)
 
 
 def _version(request: Request) -> str | None:
-    return request.path_params.get("version")
+    version: str | None = request.path_params.get("version")
+    return version
 
 
 def _both(path: str) -> list[str]:
@@ -97,7 +97,7 @@ def _route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> Response:
     """Name, version and the protocol extensions supported."""
-    return JSONResponse(dataplane_of(request).server_metadata())
+    return JSONResponse(_plane(request).server_metadata())
 
 
 @router.get("/health/live", summary="Server live")
@@ -111,7 +111,7 @@ async def server_ready(request: Request) -> Response:
     """200 once the repository has been read, whatever each model's state (with
     ``CNN_STRICT_READINESS=true``: only while every model is READY); 400 otherwise, and
     while shutting down."""
-    reason = dataplane_of(request).not_ready_reason()
+    reason = _plane(request).not_ready_reason()
     if reason is not None:
         raise bad_request(reason)
     return JSONResponse({"ready": True})
@@ -123,13 +123,13 @@ async def server_ready(request: Request) -> Response:
 @_route("GET", "/models/{model}{v}", summary="Model metadata")
 async def model_metadata_route(request: Request, model: ModelName) -> Response:
     """Every input the model accepts and every output it can answer."""
-    return JSONResponse(dataplane_of(request).model_metadata(model, _version(request)))
+    return JSONResponse(_plane(request).model_metadata(model, _version(request)))
 
 
 @_route("GET", "/models/{model}{v}/ready", summary="Model ready")
 async def model_ready(request: Request, model: ModelName) -> Response:
     """200 when the model is READY, else 400 with its reason."""
-    found = dataplane_of(request).ready_model(model, _version(request))
+    found = _plane(request).ready_model(model, _version(request))
     return JSONResponse({"name": found.name, "version": found.version, "ready": True})
 
 
@@ -143,25 +143,28 @@ async def model_ready(request: Request, model: ModelName) -> Response:
 async def infer(request: Request, model: ModelName) -> Response:
     """Run the model on ``x``; with an upstream signal (``labels``, ``target`` or
     ``out_grad``), also ``loss``, ``probabilities`` and gradients ``grad/...``."""
-    plane = dataplane_of(request)
-    with plane.observed(model), plane.admitted():
-        found = plane.ready_model(model, _version(request))
+    plane = _plane(request)
+    label = model if model in plane.models.names() else metrics.OTHER
+    with metrics.observe_model(label), slots_of(request).admit():
+        plane.ready_model(model, _version(request))  # 404 / 400 before the body is read
         body = await request.body()
-        content, length, media_type = await run_in_threadpool(_infer, request, found, body)
+        content, length, media_type = await run_in_threadpool(_infer, request, plane, model, body)
     headers = {HEADER_LENGTH: str(length)} if length is not None else None
     return Response(content, media_type=media_type, headers=headers)
 
 
-def _infer(request: Request, model: Model, body: bytes) -> tuple[bytes, int | None, str]:
-    """Parse, check, compute and encode one inference request (in a worker thread)."""
-    plane = dataplane_of(request)
+def _infer(
+    request: Request, plane: DataPlane, model: str, body: bytes
+) -> tuple[bytes, int | None, str]:
+    """Frame, run and encode one inference request (in a worker thread)."""
     encoding = request.headers.get("content-encoding")
     if encoding is not None:
         body = decompress(body, encoding, plane.settings.max_body_bytes)
     header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
     head = body[: len(body) - len(binary)]
-    plan = plane.plan(model, header, binary, b"true" in head or b"false" in head)
-    return encode_response(plane.response_head(plan), plane.compute(plan))
+    may_hold_bools = b"true" in head or b"false" in head
+    response = plane.infer(model, _version(request), rest_request(header, binary, may_hold_bools))
+    return encode_response(response)
 
 
 # --------------------------------------------------------------------------- repository
@@ -181,6 +184,15 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return doc
 
 
+def _parameters(doc: dict[str, Any]) -> dict[str, Any]:
+    """The body's ``parameters`` object (absent: ``{}``; anything else is refused, as the
+    published schema says)."""
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise bad_request("parameters must be an object", ["parameters"])
+    return params
+
+
 @router.post(
     "/repository/index",
     summary="Repository index",
@@ -195,15 +207,7 @@ async def repository_index(request: Request) -> Response:
     ready_only = (await _json_body(request)).get("ready", False)
     if not isinstance(ready_only, bool):
         raise bad_request("ready must be true or false", ["ready"])
-    return JSONResponse(dataplane_of(request).repository_index(ready_only))
-
-
-def _parameters(doc: dict[str, Any]) -> dict[str, Any]:
-    """The repository request's ``parameters`` (an object when present, as documented)."""
-    params = doc.get("parameters", {})
-    if not isinstance(params, dict):
-        raise bad_request("parameters must be an object", ["parameters"])
-    return params
+    return JSONResponse(_plane(request).repository_index(ready_only))
 
 
 @router.post(
@@ -215,8 +219,9 @@ def _parameters(doc: dict[str, Any]) -> dict[str, Any]:
 async def repository_load(request: Request, model: ModelName) -> Response:
     """(Re)read the model's folder and swap the new model in atomically; requests
     already running finish with the old one. An invalid model is a 400 with its reason
-    (and UNAVAILABLE in the index). Refused (403) unless model control is explicit."""
-    plane = dataplane_of(request)
+    (and UNAVAILABLE in the index). Refused (403) unless the model-control mode is
+    ``explicit``."""
+    plane = _plane(request)
     plane.check_model_control()
     params = _parameters(await _json_body(request))
     await run_in_threadpool(plane.load, model, params)
@@ -231,8 +236,8 @@ async def repository_load(request: Request, model: ModelName) -> Response:
 )
 async def repository_unload(request: Request, model: ModelName) -> Response:
     """Drop the model (UNAVAILABLE, "unloaded"); requests already running finish.
-    Refused (403) unless model control is explicit."""
-    plane = dataplane_of(request)
+    Refused (403) unless the model-control mode is ``explicit``."""
+    plane = _plane(request)
     plane.check_model_control()
     _parameters(await _json_body(request))
     plane.unload(model)

@@ -265,3 +265,12 @@ def test_a_real_server_guards_its_routes_and_tritonclient_passes_the_key() -> No
         metadata = triton.get_server_metadata(headers=_bearer(KEYS[0]))
         assert metadata["name"] == "cnn-service"
         triton.close()
+
+
+def test_explicit_model_control_needs_a_key_when_keys_are_configured() -> None:
+    c = _app(api_keys=SecretStr(KEYS[0]), model_control_mode="explicit")
+    path = "/v2/repository/models/digits/unload"
+    assert c.post(path).status_code == 401
+    assert c.get("/v2/models/digits/ready", headers=_bearer(KEYS[0])).status_code == 200
+    assert c.post(path, headers=_bearer(KEYS[0])).status_code == 200
+    assert c.get("/v2/models/digits/ready", headers=_bearer(KEYS[0])).status_code == 400

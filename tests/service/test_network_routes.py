@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 import cnncore
 from service.client import Client, ServiceError
-from service.routes.network import MAX_NETWORK_LAYERS
+from service.schemas.network import MAX_NETWORK_LAYERS
 from tests.helpers import assert_close
 
 from .wire import assert_problem, client, from_wire, to_wire

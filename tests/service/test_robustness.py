@@ -13,8 +13,9 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 import cnncore
-from service.app import BodyLimitMiddleware
-from service.routes import conv, linear, pool
+from cnncore.network_shapes import Pool2dSpec
+from service.dataplane import network_budget
+from service.middleware import BodyLimitMiddleware
 from service.settings import GiB, Settings
 
 from .wire import assert_problem, client
@@ -182,22 +183,22 @@ def _linear_backward(x: np.ndarray, w: np.ndarray) -> Any:
 def test_conv_estimate_covers_the_measured_peak(rng: np.random.Generator, stride: int) -> None:
     x, w = rng.standard_normal((4, 8, 24, 24)), rng.standard_normal((16, 8, 3, 3))
     kw = {"stride": stride, "padding": 1}
-    geo = cnncore.conv2d_geometry(x.shape, w.shape, **kw)
+    estimate = network_budget([cnncore.Conv2d(w, None, **kw)], x.shape, 8, backward=True)[1]
     inputs = x.nbytes + w.nbytes  # already allocated when the peak is measured
-    assert _peak_bytes(lambda: _conv_backward(x, w, kw)) + inputs <= conv._work_bytes(geo, 8, 3)
+    assert _peak_bytes(lambda: _conv_backward(x, w, kw)) + inputs <= estimate
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
 def test_pool_estimate_covers_the_measured_peak(rng: np.random.Generator, mode: str) -> None:
     x = rng.standard_normal((4, 8, 24, 24))
     kw = {"kernel_size": 3, "stride": 1, "padding": 1, "mode": mode}
-    geo = cnncore.pool2d_geometry(x.shape, **kw)
-    assert _peak_bytes(lambda: _pool_backward(x, kw)) + x.nbytes <= pool._work_bytes(geo, 8, 2)
+    estimate = network_budget([Pool2dSpec(**kw)], x.shape, 8, backward=True)[1]
+    assert _peak_bytes(lambda: _pool_backward(x, kw)) + x.nbytes <= estimate
 
 
 def test_linear_estimate_covers_the_measured_peak(rng: np.random.Generator) -> None:
     x, w = rng.standard_normal((64, 4, 8, 8)), rng.standard_normal((256, 32))
     info = cnncore.linear_info(x.shape, w.shape, bias=False)
     peak = _peak_bytes(lambda: _linear_backward(x, w)) + x.nbytes + w.nbytes
-    assert peak <= linear._work_bytes(info, 8, 3)
+    assert peak <= network_budget([cnncore.Linear(w, None)], x.shape, 8, backward=True)[1]
     assert math.prod(info.output_shape) == 64 * 32

@@ -47,7 +47,7 @@ def base_url(repo: Path) -> Iterator[str]:
     env = {
         "CNN_MODEL_REPOSITORY": str(repo),
         "CNN_MAX_CONCURRENCY": "4",
-        "CNN_MODEL_CONTROL_MODE": "explicit",  # the tests load and unload
+        "CNN_MODEL_CONTROL_MODE": "explicit",  # the repository test loads and unloads
     }
     with serve(env=env) as url:
         yield url

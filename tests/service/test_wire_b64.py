@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from service.client import loads
-from service.tensors import LONG_B64, parse_json_body
+from service.wire.v1 import LONG_B64, parse_json_body
 
 from .wire import assert_problem, client, from_wire
 

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .tensors import DTYPES, TENSOR_RESPONSE_SCHEMA, Encoding, list_dtype_scope
+from ..wire.v1 import DTYPES, TENSOR_RESPONSE_SCHEMA, Encoding, list_dtype_scope
 
 MAX_KERNEL = 1024
 MAX_PAD = 1024

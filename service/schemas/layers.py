@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag
 
 from cnncore.network_shapes import (
     Conv2dSpec,
@@ -21,7 +21,7 @@ from cnncore.network_shapes import (
     ReluSpec,
 )
 
-from .schemas import MAX_CHANNELS, Conv2dParams, IntOrPair, Pool2dParams, StrictModel
+from .base import MAX_CHANNELS, Conv2dParams, IntOrPair, Pool2dParams, StrictModel
 
 MAX_LAYERS = 256
 MAX_FEATURES = 1 << 24
@@ -127,3 +127,16 @@ Layers = Annotated[
 def specs(layers: list[Layer]) -> list[LayerSpec]:
     """The core descriptions of ``layers``."""
     return [layer.spec() for layer in layers]
+
+
+class LayerShape(BaseModel):
+    """One layer's shapes and costs."""
+
+    type: str = Field(description="The layer's type.")
+    input_shape: list[int]
+    output_shape: list[int]
+    param_count: int = Field(description="Weights plus biases.")
+    macs: int = Field(description="Multiply-accumulates of the forward pass.")
+    flops: int = Field(description="FLOPs of the forward pass (2 × MACs for conv and linear).")
+    exact: bool = Field(description="Whether the output-size division was exact.")
+    unused: list[int] = Field(description="Trailing input (rows, cols) no window covers.")

@@ -1,4 +1,4 @@
-"""Tensors on the wire <-> numpy arrays.
+"""The ``/v1`` tensor forms <-> numpy arrays.
 
 A tensor arrives in one of three forms::
 
@@ -11,15 +11,17 @@ lists) after the element limit has been checked against the declared (or, for
 nested lists, the inferred) shape, so nothing large is allocated for a request
 that is going to be refused.
 
-Limits come from a context variable that the app sets per request
-(:func:`limits_scope`); outside a request the defaults of :class:`Settings` apply.
+The checks are those of every framing (:mod:`service.wire.checks`); their refusals
+become pydantic errors here, since ``/v1`` tensors are decoded while the request model
+validates (``too_large``: a 413; the others a 422). Limits come from a context
+variable that the app sets per request (:func:`limits_scope`); outside a request the
+defaults of :class:`Settings` apply.
 """
 
 from __future__ import annotations
 
 import binascii
 import contextlib
-import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -33,8 +35,12 @@ import pybase64
 from pydantic import PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-MAX_NDIM = 8
-DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+from ..errors import ServiceError, TooLargeError
+from .checks import MAX_NDIM, check_elements, check_finite, from_numbers
+from .datatypes import V1_DTYPES
+
+#: ``/v1`` dtype name -> numpy dtype (a view of the one table, :mod:`service.wire.datatypes`).
+DTYPES = V1_DTYPES
 Encoding = Literal["list", "b64"]
 
 
@@ -183,28 +189,13 @@ def is_placeholder(text: Any) -> bool:
     return isinstance(text, str) and text.startswith(_TAKEN_PREFIX)
 
 
-def _holds_bool(data: list[Any], ndim: int) -> bool:
-    """Whether a regular ``ndim``-deep nested list has a boolean leaf (C-speed scan)."""
-    leaves: Any = data
-    for _ in range(ndim - 1):
-        leaves = itertools.chain.from_iterable(leaves)
-    return bool in map(type, leaves)
-
-
 def _fail(kind: str, msg: str) -> PydanticCustomError:
     # kind "too_large" is rendered as 413 by the problem handler; the rest as 422.
     return PydanticCustomError(kind, msg)
 
 
 def _check_elements(shape: tuple[int, ...]) -> int:
-    count = math.prod(shape)
-    limit = _limits.get().max_elements
-    if count > limit:
-        dims = "×".join(map(str, shape))
-        raise _fail(
-            "too_large", f"tensor of shape {dims} has {count} elements; the limit is {limit}"
-        )
-    return count
+    return check_elements(shape, _limits.get().max_elements, "tensor")
 
 
 def _check_shape(shape: Any) -> tuple[int, ...]:
@@ -239,20 +230,8 @@ def _infer_shape(data: list[Any]) -> tuple[int, ...]:
 
 
 def _from_numbers(data: list[Any], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    try:
-        arr = np.asarray(data)
-    except (ValueError, TypeError):
-        raise _fail("tensor_ragged", "tensor is ragged: its rows have different lengths") from None
-    if arr.shape != shape:
-        raise _fail("tensor_ragged", "tensor is ragged: its rows have different lengths")
-    # numpy reads [true, 2.0] as [1.0, 2.0]: booleans are not numbers.
-    if arr.dtype.kind not in "iuf" or (_may_hold_bools.get()() and _holds_bool(data, len(shape))):
-        raise _fail("tensor_values", "tensor values must all be numbers")
-    with np.errstate(over="ignore"):  # overflow to float32 is reported just below
-        out = arr.astype(dtype, copy=False)
-    if not np.isfinite(out).all():
-        raise _fail("tensor_values", f"tensor values must be finite and fit in {dtype.name}")
-    return out
+    out = from_numbers(data, shape, dtype, "tensor", may_hold_bools=_may_hold_bools.get()())
+    return check_finite(out, f"tensor ({dtype.name})")
 
 
 def decode_tensor(value: Any) -> np.ndarray:
@@ -264,6 +243,15 @@ def decode_tensor(value: Any) -> np.ndarray:
     pydantic_core.PydanticCustomError
         ``too_large`` over the element limit; other kinds for malformed tensors.
     """
+    try:
+        return _decode(value)
+    except TooLargeError as exc:
+        raise _fail("too_large", exc.errors[0][1] if exc.errors else exc.detail) from None
+    except ServiceError as exc:
+        raise _fail("tensor_values", exc.detail) from None
+
+
+def _decode(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):  # already decoded (in-process callers)
         return value
     if isinstance(value, list):
@@ -310,9 +298,7 @@ def decode_tensor(value: Any) -> np.ndarray:
             raise _fail("tensor_b64", "b64 is not valid base64") from None
     if len(raw) != nbytes:
         raise _fail("tensor_b64", f"b64 decodes to {len(raw)} bytes, expected {nbytes}")
-    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if not np.isfinite(arr).all():
-        raise _fail("tensor_values", "tensor values must be finite (no NaN or infinity)")
+    arr = check_finite(np.frombuffer(raw, dtype=dtype).reshape(shape), "tensor")
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
