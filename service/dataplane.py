@@ -469,11 +469,11 @@ def loss_and_gradient(
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
     """The loss of ``out`` against ``signal`` (``"labels"``: mean softmax cross-entropy;
     ``"target"``: mean squared error), dL/d``out``, and the softmax probabilities (with
-    labels; else ``None``)."""
+    labels; else ``None``): :func:`cnncore.network_loss`, as ``/v1/network`` computes it."""
     if kind == "labels":
-        loss, dout = cnncore.softmax_cross_entropy(out, signal)
+        loss, dout = cnncore.network_loss(out, cnncore.SoftmaxCrossEntropy(signal))
         return loss, dout, probabilities(out)
-    loss, dout = cnncore.mse_loss(out, signal)
+    loss, dout = cnncore.network_loss(out, cnncore.MeanSquaredError(signal))
     return loss, dout, None
 
 
