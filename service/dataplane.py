@@ -20,7 +20,13 @@ The API (agreed with the gRPC transport): :meth:`DataPlane.server_metadata`,
 :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.infer`,
 :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load`, :meth:`~DataPlane.unload`.
 ``infer``, ``load`` and ``unload`` are synchronous and CPU- or disk-bound: call them in
-a worker thread. Admission (:meth:`service.compute.ComputeSlots.admit`, counted before
+a worker thread. Refinements of the agreed shape: ``repository_index(ready_only=False)``;
+``model_ready`` raises (NotFoundError, BadRequestError) for an unknown or invalid name
+rather than answering False; ``InferRequest.may_hold_bools`` lets a transport skip the
+scan for booleans; helpers the transports share: :meth:`~DataPlane.ready_model`,
+:meth:`~DataPlane.not_ready_reason`, :meth:`~DataPlane.check_model_control` (to refuse
+before reading a body), and for ``/v1`` :meth:`~DataPlane.check_budget` and
+:meth:`~DataPlane.run`. Admission (:meth:`service.compute.ComputeSlots.admit`, counted before
 a body is read) stays with the transport, which can refuse before reading anything.
 """
 
