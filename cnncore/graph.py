@@ -30,9 +30,8 @@ Large batches run on every core: when each node treats the samples of a batch
 independently (each op says so, :attr:`cnncore.op.Op.per_sample`), :meth:`Graph.forward`
 runs parts of the batch on threads of their own, one per core, with BLAS kept to one
 thread meanwhile (:mod:`cnncore.threads`), and :meth:`Graph.backward` does the same,
-adding the parts' parameter gradients in part order (:meth:`Graph._parts` says when).
-ResNet-18 at batch 8 on two cores: forward 450 -> 359 ms, forward + backward 1866 ->
-1194 ms, against BLAS's own two threads under one whole-batch pass.
+adding the parts' parameter gradients in part order (:meth:`Graph._parts` says when);
+why and what it gained: docs/decisions/2026-12-02-graph-batch-split.md.
 
 An inference pass (``forward(x, backward=False)``) keeps no caches, and so may reuse
 memory: a ReLU, Clip or Add writes into an input that is the engine's own and dead
