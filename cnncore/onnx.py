@@ -379,7 +379,11 @@ class _Importer:
                 raise ctx.error(f'input "{name}" is not computed before this node', attr="input")
         fold = _FOLDERS.get(node.op_type)
         # A reshaped weight is not folded: it stays a graph input, so its gradient reaches it.
-        reshaped_weight = node.op_type == "Reshape" and self._float_init(ctx.inputs[0])
+        # A reshaped or transposed weight is not folded either (the legacy exporter's Linear
+        # on 4-D activations multiplies by Wᵀ).
+        reshaped_weight = node.op_type in ("Reshape", "Transpose") and self._float_init(
+            ctx.inputs[0]
+        )
         # Arithmetic on a float initializer (a layer-scale weight, say) stays a node too.
         weight_arithmetic = node.op_type in _ARITHMETIC and any(
             self._float_init(n) for n in ctx.inputs
@@ -832,11 +836,12 @@ def _batch_first(imp: _Importer, ctx: _Ctx) -> np.ndarray:
 def _transpose(imp: _Importer, ctx: _Ctx) -> None:
     """Transpose of a computed tensor: any permutation that keeps the batch on axis 0."""
     _check_attrs(ctx, {"perm"})
-    marks = _batch_first(imp, ctx)
-    perm = [int(p) for p in ctx.attrs.get("perm", range(len(marks) - 1, -1, -1))]
-    if sorted(perm) != list(range(len(marks))):
-        raise ctx.error(f"perm {perm} is not a permutation of {len(marks)} axes", attr="perm")
-    if perm[0] != 0:
+    weight = ctx.inputs[0] in imp.consts  # a float initializer: a parameter, no batch
+    rank = imp.rank_of(ctx, 0) if weight else len(_batch_first(imp, ctx))
+    perm = [int(p) for p in ctx.attrs.get("perm", range(rank - 1, -1, -1))]
+    if sorted(perm) != list(range(rank)):
+        raise ctx.error(f"perm {perm} is not a permutation of {rank} axes", attr="perm")
+    if perm[0] != 0 and not weight:
         raise ctx.error(
             f"perm {perm} moves the batch axis; only permutations keeping it first are supported",
             attr="perm",

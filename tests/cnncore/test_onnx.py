@@ -736,14 +736,6 @@ REFUSED = [
         'node "#0" (LeakyRelu): operator LeakyRelu is not supported',
     ),
     _refusal(
-        "transpose-of-weight",
-        [node("Transpose", ["W"], "wt"), node("MatMul", ["input", "wt"])],
-        'node "Transpose_node" (Transpose): Transpose of the float initializer "W" is not '
-        "supported: it would hide the initializer from the gradient",
-        x_shape=(2, 3),
-        inits={"W": np.ones((4, 3))},
-    ),
-    _refusal(
         "opset-9",
         [node("Relu", ["input"])],
         "opset 9 is not supported: the importer is tested with opsets 10 to 21",

@@ -102,6 +102,21 @@ def test_a_transpose_keeps_the_batch_split_and_one_moving_it_is_refused() -> Non
         )
 
 
+def test_a_transposed_weight_stays_a_parameter(rng: np.random.Generator) -> None:
+    """The legacy exporter's Linear on NHWC activations multiplies by Wᵀ: W keeps its
+    gradient (the Transpose is a node, not folded into a constant)."""
+    w = rng.standard_normal((3, 5))
+    nodes = [node("Transpose", ["W"], "wt", perm=[1, 0]), node("MatMul", ["input", "wt"])]
+    g = import_model(model(nodes, (2, 4, 5), {"W": w}, np.float64))
+    assert set(g.params) == {"W"}
+    x = rng.standard_normal((2, 4, 5))
+    out, cache = g.forward(x)
+    np.testing.assert_array_equal(out, x @ w.T)
+    dout = rng.standard_normal(out.shape)
+    grads = g.backward(dout, cache)
+    assert_gradient(lambda: g.forward(x)[0], g.params["W"], grads["W"], dout=dout)
+
+
 def test_slicing_the_batch_is_refused() -> None:
     nodes = [
         ints("st", [0]),
