@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from pathlib import Path
@@ -265,6 +266,8 @@ def test_a_real_server_guards_its_routes_and_tritonclient_passes_the_key() -> No
         metadata = triton.get_server_metadata(headers=_bearer(KEYS[0]))
         assert metadata["name"] == "cnn-service"
         triton.close()
+        del triton  # tritonclient.http joins its gevent pool again in __del__: let that
+        gc.collect()  # happen here, not on a later test's TestClient thread (it raises there)
 
 
 def test_explicit_model_control_needs_a_key_when_keys_are_configured() -> None:

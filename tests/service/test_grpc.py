@@ -10,6 +10,7 @@ code of the REST answer and leave the server serving.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import shutil
@@ -104,8 +105,11 @@ def rest_infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: lis
         tensors.append(t)
     wanted = [http.InferRequestedOutput(n, binary_data=True) for n in outputs]
     result = client.infer(model, tensors, outputs=wanted)
+    answer = {n: result.as_numpy(n) for n in outputs}
     client.close()
-    return {n: result.as_numpy(n) for n in outputs}
+    del client, result  # __del__ joins its gevent pool again: here, not on another thread
+    gc.collect()
+    return answer
 
 
 # --------------------------------------------------------------------------- tritonclient
@@ -143,6 +147,8 @@ def test_metadata_readiness_and_index(server: tuple[str, str], tmp_path: Path) -
     }
     assert unknown["error"] == "NOT_FOUND"
     rest.close()
+    del rest
+    gc.collect()  # tritonclient.http's __del__ on this thread (see rest_infer)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ reference.py derives ``K`` and ``T``), the bound test_onnx_fixtures.py uses in-p
 
 from __future__ import annotations
 
+import gc
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def triton(repo: Path) -> Iterator[Any]:
         client = http.InferenceServerClient(url.removeprefix("http://"))
         yield client
         client.close()
+        del client  # __del__ joins its gevent pool again: here, not on another thread
+        gc.collect()
 
 
 def test_repository_index(triton: Any) -> None:

@@ -6,6 +6,7 @@ in test_v2_protocol.py.)"""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,8 @@ def triton(base_url: str) -> Iterator[Any]:
     client = http.InferenceServerClient(base_url.removeprefix("http://"), concurrency=4)
     yield client
     client.close()
+    del client  # __del__ joins its gevent pool again: here, not on another thread
+    gc.collect()
 
 
 @pytest.fixture
