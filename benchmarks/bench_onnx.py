@@ -36,6 +36,7 @@ Usage::
     python -m benchmarks.bench_onnx                 # exports ResNet-18 with torch
     python -m benchmarks.bench_onnx --repeat 3 --onnx /tmp/resnet18.onnx
     python -m benchmarks.bench_onnx --threads 1 --clock cpu --no-v2   # a busy machine
+    python -m benchmarks.bench_onnx --model mobilenet_v3_large --no-v2   # or efficientnet_b0
 """
 
 from __future__ import annotations
@@ -123,6 +124,112 @@ def resnet18() -> Any:
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def mobile_nets() -> dict[str, Callable[[], Any]]:
+    """MobileNetV3-Large and EfficientNet-B0 in torchvision's layout, written out (its
+    block tables, squeeze-excitation and heads; random weights, eval mode)."""
+    import torch
+    from torch import nn
+
+    def cba(cin: int, cout: int, k: int, stride: int, groups: int, act: Any) -> list[nn.Module]:
+        layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False)]
+        return [*layers, nn.BatchNorm2d(cout)] + ([act()] if act is not None else [])
+
+    class SE(nn.Module):
+        def __init__(self, c: int, squeeze: int, act: Any, gate: Any) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+            self.act, self.gate = act(), gate()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = nn.functional.adaptive_avg_pool2d(x, 1)
+            return x * self.gate(self.fc2(self.act(self.fc1(s))))
+
+    class Block(nn.Module):
+        def __init__(
+            self, cin: int, k: int, mid: int, cout: int, se: int, act: Any, gate: Any, stride: int
+        ) -> None:
+            super().__init__()
+            layers = cba(cin, mid, 1, 1, 1, act) if mid != cin else []
+            layers += cba(mid, mid, k, stride, mid, act)
+            layers += [SE(mid, se, nn.ReLU if gate is nn.Hardsigmoid else act, gate)] if se else []
+            self.body = nn.Sequential(*layers, *cba(mid, cout, 1, 1, 1, None))
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.body(x) if self.residual else self.body(x)
+
+    def divisible(v: float) -> int:
+        return max(8, int(v + 4) // 8 * 8)
+
+    def mobilenet_v3_large() -> nn.Module:
+        re, hs = nn.ReLU, nn.Hardswish
+        table = [  # in, kernel, expanded, out, SE, activation, stride
+            (16, 3, 16, 16, False, re, 1), (16, 3, 64, 24, False, re, 2),
+            (24, 3, 72, 24, False, re, 1), (24, 5, 72, 40, True, re, 2),
+            (40, 5, 120, 40, True, re, 1), (40, 5, 120, 40, True, re, 1),
+            (40, 3, 240, 80, False, hs, 2), (80, 3, 200, 80, False, hs, 1),
+            (80, 3, 184, 80, False, hs, 1), (80, 3, 184, 80, False, hs, 1),
+            (80, 3, 480, 112, True, hs, 1), (112, 3, 672, 112, True, hs, 1),
+            (112, 5, 672, 160, True, hs, 2), (160, 5, 960, 160, True, hs, 1),
+            (160, 5, 960, 160, True, hs, 1),
+        ]  # fmt: skip
+        blocks = [
+            Block(i, k, e, o, divisible(e / 4) if se else 0, a, nn.Hardsigmoid, st)
+            for i, k, e, o, se, a, st in table
+        ]
+        return nn.Sequential(
+            *cba(3, 16, 3, 2, 1, hs), *blocks, *cba(160, 960, 1, 1, 1, hs),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(960, 1280), hs(), nn.Dropout(0.2), nn.Linear(1280, 1000),
+        )  # fmt: skip
+
+    def efficientnet_b0() -> nn.Module:
+        stages = [  # expand, kernel, stride, in, out, layers
+            (1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+            (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+            (6, 3, 1, 192, 320, 1),
+        ]  # fmt: skip
+        blocks = []
+        for e, k, st, cin, cout, n in stages:
+            for j in range(n):
+                c = cin if j == 0 else cout
+                se = max(1, c // 4)
+                blocks.append(
+                    Block(c, k, c * e, cout, se, nn.SiLU, nn.Sigmoid, st if j == 0 else 1)
+                )
+        return nn.Sequential(
+            *cba(3, 32, 3, 2, 1, nn.SiLU), *blocks, *cba(320, 1280, 1, 1, 1, nn.SiLU),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, 1000),
+        )  # fmt: skip
+
+    def seeded(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        def build() -> nn.Module:
+            torch.manual_seed(0)
+            model = make()
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, nn.BatchNorm2d):
+                        assert m.running_mean is not None
+                        assert m.running_var is not None
+                        m.running_mean.normal_(0, 0.1)
+                        m.running_var.uniform_(0.5, 1.5)
+            return model.eval()
+
+        return build
+
+    return {
+        "mobilenet_v3_large": seeded(mobilenet_v3_large),
+        "efficientnet_b0": seeded(efficientnet_b0),
+    }
+
+
+def build_model(name: str) -> Any:
+    """The torch model ``name`` (ImportError without torch)."""
+    if name == "resnet18":
+        return resnet18()
+    return mobile_nets()[name]()
 
 
 def export(model: Any, path: Path) -> None:
@@ -352,6 +459,7 @@ def peak_of(name: str, args: argparse.Namespace, onnx_path: Path) -> int:
     import subprocess
 
     cmd = [sys.executable, "-m", "benchmarks.bench_onnx", "--peak", name, "--onnx", str(onnx_path)]
+    cmd += ["--model", args.model]
     cmd += ["--threads", str(args.threads)] + (["--libc-malloc"] if args.libc_malloc else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1])
@@ -376,17 +484,23 @@ def main(argv: list[str] | None = None) -> int:
         default="wall",
         help="cpu: this process's CPU time (with --threads 1, on a busy machine; V2 stays wall)",
     )
+    parser.add_argument(
+        "--model",
+        choices=("resnet18", "mobilenet_v3_large", "efficientnet_b0"),
+        default="resnet18",
+        help="the network (torchvision's layouts written out; random weights)",
+    )
     parser.add_argument("--peak", help=argparse.SUPPRESS)  # child process: one pass's peak memory
     args = parser.parse_args(argv)
 
     try:
-        model = resnet18()
+        model = build_model(args.model)
     except ImportError:
         model = None
     if args.onnx is None and model is None:
         parser.error("torch is not importable: give --onnx FILE (an exported ResNet-18)")
     tmp = tempfile.TemporaryDirectory()
-    onnx_path = args.onnx or Path(tmp.name) / "resnet18.onnx"
+    onnx_path = args.onnx or Path(tmp.name) / f"{args.model}.onnx"
     if args.onnx is None:
         export(model, onnx_path)
     global clock
@@ -451,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(v2_row(onnx_path, runs["ort_fwd"], mem["ort_fwd"], args.repeat, args.threads))
 
     print(
-        f"\nResNet-18, batch {BATCH}, {'x'.join(map(str, SHAPE))}, float32, min of {args.repeat}, "
+        f"\n{args.model}, batch {BATCH}, {'x'.join(map(str, SHAPE))}, float32, "
+        f"min of {args.repeat}, "
         f"{args.clock} clock, load average {os.getloadavg()[0]:.1f}\n"
     )
     print("| pass | cnncore | anchor | ratio | target | cnncore peak RSS | anchor peak RSS |")
