@@ -1,4 +1,7 @@
-"""The Dockerfile: linted by hadolint, and its commands run here without a Docker engine."""
+"""The Dockerfile: linted by hadolint, and its commands run here without a Docker engine.
+
+tests/deploy/test_image.py builds it with buildah and calls the image where it can.
+"""
 
 from __future__ import annotations
 
@@ -59,15 +62,20 @@ def test_hadolint_finds_no_errors() -> None:
 def test_image_layout() -> None:
     steps = _instructions()
     keywords = [k for k, _ in steps]
-    assert steps[0] == ("FROM", "python:3.11-slim")
-    # Dependencies are installed before the source is copied, so they stay cached.
-    first_source_copy = next(i for i, (k, a) in enumerate(steps) if k == "COPY" and "service" in a)
-    deps = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "requirements.txt" in a)
-    assert deps < first_source_copy
-    assert "--no-deps" in next(a for k, a in steps[first_source_copy:] if k == "RUN")
+    assert steps[0] == ("ARG", "BASE=python:3.11-slim")
+    froms = [a for k, a in steps if k == "FROM"]
+    assert froms == ["${BASE} AS wheel", "${BASE}"]  # the wheel is built, then installed
+    final = len(steps) - keywords[::-1].index("FROM")
+    run_stage = steps[final:]
+    # Dependencies are installed before the project's wheel arrives, so they stay cached.
+    deps = next(i for i, (k, a) in enumerate(run_stage) if k == "RUN" and "requirements" in a)
+    wheel = next(i for i, (k, a) in enumerate(run_stage) if k == "COPY" and "--from=wheel" in a)
+    assert deps < wheel
+    assert "--no-deps" in next(a for k, a in run_stage[wheel:] if k == "RUN")
+    assert not [a for k, a in run_stage if k == "COPY" and "service" in a.split()]
     user = _one("USER")
     assert user.split(":")[0] not in ("root", "0")
-    assert keywords.index("USER") > first_source_copy
+    assert keywords.index("USER") > final + wheel
     assert _one("EXPOSE") == "8000 8081"  # HTTP, gRPC
     assert "/health/ready" in _one("HEALTHCHECK")
     assert json.loads(_one("CMD")) == ["cnn-service", "--host", "0.0.0.0"]
@@ -82,7 +90,9 @@ def test_dependency_step_lists_the_project_dependencies(tmp_path: Path) -> None:
     listed = out.stdout.split()
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11, as in the image
     with (ROOT / "pyproject.toml").open("rb") as f:
-        assert listed == tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    # The run-time dependencies and onnxruntime (plain ONNX inference runs on it).
+    assert listed == project["dependencies"] + project["optional-dependencies"]["onnxruntime"]
     for line in listed:  # and this environment, which the tests run in, satisfies them
         req = Requirement(line)
         try:

@@ -1,6 +1,6 @@
 """The Open Inference Protocol over gRPC (contract §5), against a real server process.
 
-``tritonclient.grpc`` (run in a process of its own: tests/service/grpc_tritonclient.py)
+``tritonclient.grpc`` (run in a process of its own: tests/grpc_tritonclient.py)
 gets the same answers as REST V2 for the same request, bit for bit: both transports call
 one dataplane, and every engine here is deterministic for a given input (cnncore's bits
 do not depend on its thread count; onnxruntime runs with the same session either way).
@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from service.grpc import inference_pb2 as pb
 from service.grpc import inference_pb2_grpc as pb_grpc
 from service.testing import free_port, serve
 from tests.fixtures.onnx.reference import fixtures
+from tests.triton import rest_infer, tritonclient
 
 from .v2_models import model_doc, tiny_cnn_layers, write_model
 
@@ -39,7 +37,6 @@ if importlib.util.find_spec("tritonclient.grpc") is None:  # imported by the cli
 
 pytestmark = pytest.mark.slow  # server processes for the module
 
-HERE = Path(__file__).parent
 ONNX = next(fx for fx in fixtures() if fx.id == "lenet5.legacy")
 KEY = "grpc-test-key_0123"
 SHAPE = [-1, 1, 6, 6]
@@ -79,37 +76,6 @@ def server(repo: Path) -> Iterator[tuple[str, str]]:
 def guarded(repo: Path) -> Iterator[tuple[str, str]]:
     """API keys configured, model control none (the default)."""
     yield from _server(repo, CNN_API_KEYS=KEY)
-
-
-def tritonclient(address: str, calls: list[dict[str, Any]], tmp_path: Path, **arrays: Any) -> Any:
-    """Run ``calls`` with tritonclient.grpc in a fresh process; results and arrays back."""
-    (tmp_path / "calls.json").write_text(json.dumps(calls))
-    np.savez(tmp_path / "in.npz", **arrays)
-    script = HERE / "grpc_tritonclient.py"
-    args = [str(tmp_path / name) for name in ("calls.json", "in.npz", "out.npz")]
-    done = subprocess.run(
-        [sys.executable, str(script), address, *args], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = np.load(tmp_path / "out.npz")
-    return json.loads(str(out["results"])), {k: out[k] for k in out.files if k != "results"}
-
-
-def rest_infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> Any:
-    client = http.InferenceServerClient(url.removeprefix("http://"))
-    tensors = []
-    for name, arr in inputs.items():
-        datatype = {np.float32: "FP32", np.float64: "FP64", np.int64: "INT64"}[arr.dtype.type]
-        t = http.InferInput(name, list(arr.shape), datatype)
-        t.set_data_from_numpy(arr, binary_data=True)
-        tensors.append(t)
-    wanted = [http.InferRequestedOutput(n, binary_data=True) for n in outputs]
-    result = client.infer(model, tensors, outputs=wanted)
-    answer = {n: result.as_numpy(n) for n in outputs}
-    client.close()
-    del client, result  # __del__ joins its gevent pool again: here, not on another thread
-    gc.collect()
-    return answer
 
 
 # --------------------------------------------------------------------------- tritonclient

@@ -2,7 +2,7 @@
 
 tritonclient's generated ``inference`` messages and the service's own cannot be imported
 into one process ("duplicate symbol" in protobuf's default pool, as KServe and MLServer
-note), so tests/service/test_grpc.py runs this script with a JSON list of calls and reads
+note), so :func:`tests.triton.tritonclient` runs this script with a JSON list of calls and reads
 back what each returned: ``python grpc_tritonclient.py URL CALLS.json IN.npz OUT.npz``.
 
 Each call is ``{"op": ..., ...}``; its result is stored under its index in the output's
