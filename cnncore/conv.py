@@ -40,6 +40,7 @@ The plain-loop twins that read like the tutorial are
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -252,8 +253,15 @@ def conv2d_plan(
         If ``dx`` is :attr:`DxPath.CORRELATION` for a layer with a stride above 1 or
         padding beyond the kernel's reach.
     """
-    g = geom
-    limits = LIMITS if limits is None else limits
+    return _plan(geom, itemsize, path, dx, LIMITS if limits is None else limits)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(
+    g: Conv2dGeometry, itemsize: int, path: ConvPath | None, dx: DxPath | None, limits: ConvLimits
+) -> ConvPlan:
+    """:func:`conv2d_plan`, once per distinct argument: a plan is a value of its shapes,
+    and a graph asks again for every call (a tiny network's plans took half its time)."""
     rows = _row_groups(g, limits.min_depth)
     forward_chunks = _sample_chunks(g, slice(0, g.kh), itemsize, limits.share_bytes)
     backward_chunks = _sample_chunks(g, rows[0], itemsize, limits.share_bytes)

@@ -22,6 +22,7 @@ are not covered by any window; :class:`LayerInfo` reports it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -322,6 +323,41 @@ def conv2d_geometry(
     ParameterError
         If a hyper-parameter is malformed or out of range.
     """
+    key = _plain_key(x_shape, w_shape, stride, padding, dilation, groups, bias)
+    if key is None:  # lists, numpy integers, ...: checked in full every time
+        return _conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups, bias)
+    return _conv2d_geometry_cached(*key)
+
+
+def _plain_key(*args: Any) -> tuple[Any, ...] | None:
+    """``args`` when each is a plain ``int``, ``str`` or ``bool`` or a tuple of ``int``
+    (hashable, and equal only to itself: ``True`` is not ``1`` here), else ``None``."""
+    for a in args:
+        if type(a) in (int, str, bool):
+            continue
+        if type(a) is tuple and all(type(v) is int for v in a):
+            continue
+        return None
+    return tuple((type(a), a) for a in args)
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv2d_geometry_cached(*typed: tuple[type, Any]) -> Conv2dGeometry:
+    """:func:`conv2d_geometry` once per distinct plain argument list: a graph or a route
+    asks again for every call with the same shapes (a tiny layer's checks cost more than
+    its arithmetic)."""
+    return _conv2d_geometry(*(value for _, value in typed))
+
+
+def _conv2d_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    bias: Any,
+) -> Conv2dGeometry:
     n, c, h, w = check_shape(x_shape, "x", 4)
     f, cg, kh, kw = check_shape(w_shape, "w", 4)
     sh, sw = as_pair(stride, "stride")

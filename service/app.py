@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings
         Limits and options; read from ``CNN_*`` environment variables when omitted.
     """
-    routers = [*ALL_ROUTERS, v2_router, ui_router]
+    routers = [v2_router, *ALL_ROUTERS, ui_router]
 
     settings = settings or Settings()
     app = FastAPI(

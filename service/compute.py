@@ -58,21 +58,28 @@ class ComputeSlots:
             self.admitted -= 1
 
     @contextlib.contextmanager
-    def acquire(self) -> Iterator[None]:
-        """Hold one slot for the duration of the ``with`` block.
+    def acquire(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold one slot for the duration of the ``with`` block, which gets ``True``.
+
+        With ``wait=False`` (a caller on the event loop, which must not block), the block
+        gets ``False`` at once when no slot is free, and holds nothing.
 
         Raises
         ------
         service.errors.OverloadedError
             503 with ``Retry-After`` when no slot frees up within the timeout.
         """
-        if not self._sem.acquire(timeout=self.timeout):
+        if not wait:
+            if not self._sem.acquire(blocking=False):
+                yield False
+                return
+        elif not self._sem.acquire(timeout=self.timeout):
             raise self._overloaded(
                 f"All {self.size} computation slots are busy; retry in {self.retry_after} s."
             )
         metrics.IN_FLIGHT.inc()
         try:
-            yield
+            yield True
         finally:
             metrics.IN_FLIGHT.dec()
             self._sem.release()

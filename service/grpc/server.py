@@ -181,9 +181,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         name = request.model_name
         label = name if name in plane.models.names() else metrics.OTHER
+        version = request.model_version or None
+        raw = len(request.raw_input_contents) > 0  # answered raw when asked raw
         with metrics.observe_model(label), plane.slots.admit():
-            plane.ready_model(name, request.model_version or None)  # before any decoding
-            return await run_in_threadpool(_infer, plane, request)
+            plane.ready_model(name, version)  # before any decoding
+            return await plane.infer_async(
+                name,
+                version,
+                request.ByteSize(),
+                lambda: request_of(request)[0],
+                lambda response: response_of(response, raw),
+            )
 
     # -- repository -------------------------------------------------------------------
 
@@ -211,13 +219,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 # --------------------------------------------------------------------------- inference
-
-
-def _infer(plane: DataPlane, request: Any) -> pb.ModelInferResponse:
-    """Decode, check, compute and encode one ``ModelInfer`` (in a worker thread)."""
-    infer_request, raw = request_of(request)
-    response = plane.infer(request.model_name, request.model_version or None, infer_request)
-    return response_of(response, raw)
 
 
 def request_of(request: Any) -> tuple[InferRequest, bool]:

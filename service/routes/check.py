@@ -207,7 +207,7 @@ def _answers(
     responses=problem_responses(400, 413, 422, 503),
     summary="Check claimed answers for one layer",
 )
-def check(req: CheckRequest, request: Request) -> Response:
+async def check(req: CheckRequest, request: Request) -> Response:
     """Compare claimed ``out``, ``dx``, ``dw``, ``db`` with the right ones; each verdict
     gives the largest relative and absolute errors and the index of the worst element."""
     layer = _layer(req)
@@ -221,16 +221,21 @@ def check(req: CheckRequest, request: Request) -> Response:
     backward = any(name in GRADIENTS for name in claims)
     itemsize = max(a.itemsize for a in (req.x, req.w, req.b, req.dout) if a is not None)
     plane = dataplane_of(request.app)
-    plane.check_budget(*network_budget([layer], req.x.shape, itemsize, backward))
-    answers, _ = plane.run(_answers, req.x, layer, req.dout, backward)
-    tolerance = req.tolerance or default_tolerance(
-        answers["out"].dtype, *(c.dtype for c in claims.values())
-    )
-    verdicts = {name: compare(answers[name], got, tolerance) for name, got in claims.items()}
-    return JSONResponse(
-        {
-            "passed": all(v.passed for v in verdicts.values()),
-            "tolerance": tolerance,
-            "tensors": {name: dataclasses.asdict(v) for name, v in verdicts.items()},
-        }
-    )
+    flops, work = network_budget([layer], req.x.shape, itemsize, backward)
+    plane.check_budget(flops, work)
+
+    def answer() -> Response:
+        answers, _ = plane.run(_answers, req.x, layer, req.dout, backward)
+        tolerance = req.tolerance or default_tolerance(
+            answers["out"].dtype, *(c.dtype for c in claims.values())
+        )
+        verdicts = {name: compare(answers[name], got, tolerance) for name, got in claims.items()}
+        return JSONResponse(
+            {
+                "passed": all(v.passed for v in verdicts.values()),
+                "tolerance": tolerance,
+                "tensors": {name: dataclasses.asdict(v) for name, v in verdicts.items()},
+            }
+        )
+
+    return await plane.run_async(flops, answer)

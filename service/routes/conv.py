@@ -74,13 +74,18 @@ def _itemsize(req: Conv2dForwardRequest) -> int:
     responses=problem_responses(400, 413, 422, 503),
     summary="Convolution forward",
 )
-def conv2d_forward(req: Conv2dForwardRequest, request: Request) -> Response:
+async def conv2d_forward(req: Conv2dForwardRequest, request: Request) -> Response:
     """``out = x ⋆ w + b`` (cross-correlation, as in PyTorch and the tutorial)."""
     geo = _geometry(req)
     plane = dataplane_of(request.app)
     plane.check_budget(geo.info.flops, _work_bytes(req, backward=False))
-    (out, _), ms = plane.run(cnncore.conv2d_forward, req.x, req.w, req.b, **_conv_kwargs(req))
-    return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(geo.info, out, ms)})
+
+    def answer() -> Response:
+        (out, _), ms = plane.run(cnncore.conv2d_forward, req.x, req.w, req.b, **_conv_kwargs(req))
+        body = {"out": encode(out, req.encoding, "out"), "meta": meta(geo.info, out, ms)}
+        return JSONResponse(body)
+
+    return await plane.run_async(geo.info.flops, answer)
 
 
 def _conv_backward(req: Conv2dBackwardRequest) -> tuple:
@@ -94,12 +99,16 @@ def _conv_backward(req: Conv2dBackwardRequest) -> tuple:
     responses=problem_responses(400, 413, 422, 503),
     summary="Convolution backward",
 )
-def conv2d_backward(req: Conv2dBackwardRequest, request: Request) -> Response:
+async def conv2d_backward(req: Conv2dBackwardRequest, request: Request) -> Response:
     """Gradients of the loss with respect to ``x``, ``w`` and ``b`` given ``dout``."""
     geo = _geometry(req)
     flops = 3 * geo.info.flops  # forward (for the cache), dx and dw
     plane = dataplane_of(request.app)
     plane.check_budget(flops, _work_bytes(req, backward=True))
-    (dx, dw, db, out), ms = plane.run(_conv_backward, req)
-    grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
-    return JSONResponse({**grads, "meta": meta(geo.info, out, ms, flops=flops)})
+
+    def answer() -> Response:
+        (dx, dw, db, out), ms = plane.run(_conv_backward, req)
+        grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
+        return JSONResponse({**grads, "meta": meta(geo.info, out, ms, flops=flops)})
+
+    return await plane.run_async(flops, answer)

@@ -63,13 +63,17 @@ def _work_bytes(req: LinearForwardRequest, backward: bool) -> int:
     responses=problem_responses(400, 413, 422, 503),
     summary="Fully connected forward",
 )
-def linear_forward(req: LinearForwardRequest, request: Request) -> Response:
+async def linear_forward(req: LinearForwardRequest, request: Request) -> Response:
     """``out = x.reshape(N, D) @ w + b``."""
     info = _info(req)
     plane = dataplane_of(request.app)
     plane.check_budget(info.flops, _work_bytes(req, backward=False))
-    (out, _), ms = plane.run(cnncore.linear_forward, req.x, req.w, req.b)
-    return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(info, out, ms)})
+
+    def answer() -> Response:
+        (out, _), ms = plane.run(cnncore.linear_forward, req.x, req.w, req.b)
+        return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(info, out, ms)})
+
+    return await plane.run_async(info.flops, answer)
 
 
 def _linear_backward(req: LinearBackwardRequest) -> tuple:
@@ -83,12 +87,16 @@ def _linear_backward(req: LinearBackwardRequest) -> tuple:
     responses=problem_responses(400, 413, 422, 503),
     summary="Fully connected backward",
 )
-def linear_backward(req: LinearBackwardRequest, request: Request) -> Response:
+async def linear_backward(req: LinearBackwardRequest, request: Request) -> Response:
     """Gradients with respect to ``x`` (in ``x``'s original shape), ``w`` and ``b``."""
     info = _info(req)
     flops = 3 * info.flops  # forward (for the cache), dx and dw
     plane = dataplane_of(request.app)
     plane.check_budget(flops, _work_bytes(req, backward=True))
-    (dx, dw, db, out), ms = plane.run(_linear_backward, req)
-    grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
-    return JSONResponse({**grads, "meta": meta(info, out, ms, flops=flops)})
+
+    def answer() -> Response:
+        (dx, dw, db, out), ms = plane.run(_linear_backward, req)
+        grads = encode_all(req.encoding, dx=dx, dw=dw, db=db)
+        return JSONResponse({**grads, "meta": meta(info, out, ms, flops=flops)})
+
+    return await plane.run_async(flops, answer)

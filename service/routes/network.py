@@ -145,20 +145,24 @@ def _forward(
     responses=problem_responses(400, 413, 422, 503),
     summary="Network forward: output, loss, probabilities",
 )
-def network_forward(req: NetworkForwardRequest, request: Request) -> Response:
+async def network_forward(req: NetworkForwardRequest, request: Request) -> Response:
     """Run the layers in order on ``x``; with a loss, its value (and for softmax
     cross-entropy the probabilities and predictions)."""
     plan = _Plan(req, request, backward=False)
     plane = dataplane_of(request.app)
-    (out, cache, loss), ms = plane.run(_forward, req.x, plan.layers, plan.loss)
-    return JSONResponse(
-        {
-            "out": encode(out, req.encoding, "out"),
-            "loss": _loss_value(loss),
-            **plan.extras(cache, req.encoding, req.return_activations),
-            "meta": plan.meta(out, ms),
-        }
-    )
+
+    def answer() -> Response:
+        (out, cache, loss), ms = plane.run(_forward, req.x, plan.layers, plan.loss)
+        return JSONResponse(
+            {
+                "out": encode(out, req.encoding, "out"),
+                "loss": _loss_value(loss),
+                **plan.extras(cache, req.encoding, req.return_activations),
+                "meta": plan.meta(out, ms),
+            }
+        )
+
+    return await plane.run_async(plan.flops, answer)
 
 
 def _backward(
@@ -178,7 +182,7 @@ def _backward(
     responses=problem_responses(400, 413, 422, 503),
     summary="Network backward: gradients of every parameter",
 )
-def network_backward(req: NetworkBackwardRequest, request: Request) -> Response:
+async def network_backward(req: NetworkBackwardRequest, request: Request) -> Response:
     """Gradients of the loss (or of ``sum(out * dout)``) with respect to ``x`` and to
     every layer's ``w`` and ``b``."""
     if (req.loss is None) == (req.dout is None):
@@ -191,14 +195,18 @@ def network_backward(req: NetworkBackwardRequest, request: Request) -> Response:
             f"dout has shape {req.dout.shape} but the network output has shape {plan.out_shape}",
         )
     plane = dataplane_of(request.app)
-    (dx, grads, cache, loss), ms = plane.run(_backward, req.x, plan.layers, plan.loss, req.dout)
-    enc = req.encoding
-    return JSONResponse(
-        {
-            "loss": _loss_value(loss),
-            "dx": encode(dx, enc, "dx"),
-            "grads": [encode_all(enc, **grad) for grad in grads],
-            **plan.extras(cache, enc, req.return_activations),
-            "meta": plan.meta(cache.activations[-1], ms),
-        }
-    )
+
+    def answer() -> Response:
+        (dx, grads, cache, loss), ms = plane.run(_backward, req.x, plan.layers, plan.loss, req.dout)
+        enc = req.encoding
+        return JSONResponse(
+            {
+                "loss": _loss_value(loss),
+                "dx": encode(dx, enc, "dx"),
+                "grads": [encode_all(enc, **grad) for grad in grads],
+                **plan.extras(cache, enc, req.return_activations),
+                "meta": plan.meta(cache.activations[-1], ms),
+            }
+        )
+
+    return await plane.run_async(plan.flops, answer)

@@ -82,13 +82,18 @@ def _pool_kwargs(req: Pool2dForwardRequest) -> dict:
     responses=problem_responses(400, 413, 422, 503),
     summary="Pooling forward",
 )
-def pool2d_forward(req: Pool2dForwardRequest, request: Request) -> Response:
+async def pool2d_forward(req: Pool2dForwardRequest, request: Request) -> Response:
     """Max or average of each window, channel by channel."""
     geo = _geometry(req)
     plane = dataplane_of(request.app)
     plane.check_budget(geo.info.flops, _work_bytes(req, backward=False))
-    (out, _), ms = plane.run(cnncore.pool2d_forward, req.x, **_pool_kwargs(req))
-    return JSONResponse({"out": encode(out, req.encoding, "out"), "meta": meta(geo.info, out, ms)})
+
+    def answer() -> Response:
+        (out, _), ms = plane.run(cnncore.pool2d_forward, req.x, **_pool_kwargs(req))
+        body = {"out": encode(out, req.encoding, "out"), "meta": meta(geo.info, out, ms)}
+        return JSONResponse(body)
+
+    return await plane.run_async(geo.info.flops, answer)
 
 
 def _pool_backward(req: Pool2dBackwardRequest) -> tuple:
@@ -102,14 +107,18 @@ def _pool_backward(req: Pool2dBackwardRequest) -> tuple:
     responses=problem_responses(400, 413, 422, 503),
     summary="Pooling backward",
 )
-def pool2d_backward(req: Pool2dBackwardRequest, request: Request) -> Response:
+async def pool2d_backward(req: Pool2dBackwardRequest, request: Request) -> Response:
     """Gradient with respect to ``x`` given ``dout``: max pooling routes each window's
     gradient to its first maximum, average pooling spreads it over the window."""
     geo = _geometry(req)
     flops = 2 * geo.info.flops  # forward (for the cache) and backward
     plane = dataplane_of(request.app)
     plane.check_budget(flops, _work_bytes(req, backward=True))
-    (dx, out), ms = plane.run(_pool_backward, req)
-    return JSONResponse(
-        {"dx": encode(dx, req.encoding, "dx"), "meta": meta(geo.info, out, ms, flops=flops)}
-    )
+
+    def answer() -> Response:
+        (dx, out), ms = plane.run(_pool_backward, req)
+        return JSONResponse(
+            {"dx": encode(dx, req.encoding, "dx"), "meta": meta(geo.info, out, ms, flops=flops)}
+        )
+
+    return await plane.run_async(flops, answer)

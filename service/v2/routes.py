@@ -24,6 +24,7 @@ from ..dataplane import DataPlane, dataplane_of
 from ..errors import bad_request
 from ..models.model import VERSION
 from ..routing import JSONResponse, slots_of
+from ..wire.infer import InferRequest
 from ..wire.v2 import HEADER_LENGTH, decompress, encode_response, rest_request, split_body
 from .openapi import (
     CONTROL_ERRORS,
@@ -148,23 +149,29 @@ async def infer(request: Request, model: ModelName) -> Response:
     with metrics.observe_model(label), slots_of(request).admit():
         plane.ready_model(model, _version(request))  # 404 / 400 before the body is read
         body = await request.body()
-        content, length, media_type = await run_in_threadpool(_infer, request, plane, model, body)
+        encoding = request.headers.get("content-encoding")
+        # A compressed body's size says nothing of its work: decompressed on a worker thread.
+        nbytes = len(body) if encoding is None else plane.settings.max_body_bytes
+        content, length, media_type = await plane.infer_async(
+            model,
+            _version(request),
+            nbytes,
+            lambda: _framed(request, plane, body, encoding),
+            encode_response,
+        )
     headers = {HEADER_LENGTH: str(length)} if length is not None else None
     return Response(content, media_type=media_type, headers=headers)
 
 
-def _infer(
-    request: Request, plane: DataPlane, model: str, body: bytes
-) -> tuple[bytes, int | None, str]:
-    """Frame, run and encode one inference request (in a worker thread)."""
-    encoding = request.headers.get("content-encoding")
+def _framed(request: Request, plane: DataPlane, body: bytes, encoding: str | None) -> InferRequest:
+    """The body as the wire layer's request: decompressed, split into its JSON head and
+    binary tensors (Triton's ``Inference-Header-Content-Length``)."""
     if encoding is not None:
         body = decompress(body, encoding, plane.settings.max_body_bytes)
     header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
     head = body[: len(body) - len(binary)]
     may_hold_bools = b"true" in head or b"false" in head
-    response = plane.infer(model, _version(request), rest_request(header, binary, may_hold_bools))
-    return encode_response(response)
+    return rest_request(header, binary, may_hold_bools)
 
 
 # --------------------------------------------------------------------------- repository

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 import cnncore
 from cnncore.gradcheck import assert_gradient
+from service import dataplane
 from service.app import create_app
 from service.errors import BadRequestError
 from service.settings import Settings
@@ -703,6 +704,9 @@ def test_overload_is_a_503_with_retry_after(
     repo: Path, x: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(model_repository=repo, max_concurrency=1, max_queue=0, retry_after=3)
+    # The held computation must run on a worker thread, as one over INLINE_FLOPS would:
+    # on the event loop (where a tiny one runs) it would hold every other request too.
+    monkeypatch.setattr(dataplane, "INLINE_FLOPS", -1)
     with TestClient(create_app(settings)) as c:
         model = c.app.state.models.entry("tiny").model  # type: ignore[attr-defined]
         started, release = threading.Event(), threading.Event()
