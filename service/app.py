@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings
         Limits and options; read from ``CNN_*`` environment variables when omitted.
     """
-    routers = [v2_router, *ALL_ROUTERS, ui_router]
+    routers = [v2_router, *ALL_ROUTERS, ui_router]  # matched in this order: inference first
 
     settings = settings or Settings()
     app = FastAPI(

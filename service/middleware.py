@@ -4,7 +4,9 @@ while draining. (API keys: :mod:`service.auth`; metrics: :mod:`service.metrics`.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -49,7 +51,7 @@ class BodyLimitMiddleware:
                 return await receive()
             try:
                 # The deadline holds even when nothing arrives: a stalled client is cut off.
-                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                message = await _within(receive(), deadline - time.monotonic())
             except asyncio.TimeoutError:
                 metrics.REJECTED.labels(limit="body_timeout").inc()
                 raise _BodyRejected(408, self._too_slow_detail()) from None
@@ -96,6 +98,18 @@ class BodyLimitMiddleware:
             v2=is_v2_path(scope["path"]),
         )
         await response(scope, receive, send)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(awaitable: Awaitable[Message], seconds: float) -> Message:
+        """``await awaitable``, cancelled after ``seconds`` (asyncio.TimeoutError): a
+        timeout scope, where ``wait_for`` made a task for every body message."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+    _within = asyncio.wait_for
 
 
 class _BodyRejected(HTTPException):

@@ -11,6 +11,7 @@ from cnncore import LayerInfo
 
 from ..problems import invalid
 from ..schemas import Meta, TensorResponse
+from ..wire.datatypes import v1_name
 from ..wire.v1 import Encoding, encode_tensor
 
 
@@ -48,7 +49,7 @@ def meta(info: LayerInfo, out: np.ndarray, ms: float, *, flops: int | None = Non
     return {
         "input_shape": list(info.input_shape),
         "output_shape": list(info.output_shape),
-        "dtype": out.dtype.name,
+        "dtype": v1_name(out.dtype),
         "param_count": info.param_count,
         "macs": info.macs,
         "flops": info.flops if flops is None else flops,

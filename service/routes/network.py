@@ -34,6 +34,7 @@ from ..schemas.network import (
     SoftmaxCrossEntropyLoss,
     core_layer,
 )
+from ..wire.datatypes import v1_name
 from ..wire.v1 import Encoding
 from .common import encode, encode_all
 
@@ -102,7 +103,7 @@ class _Plan:
             "output_shape": list(self.out_shape),
             "total_params": sum(info.param_count for info in self.infos),
             "total_flops": self.flops,
-            "dtype": out.dtype.name,
+            "dtype": v1_name(out.dtype),
             "compute_ms": round(ms, 3),
         }
 

@@ -50,3 +50,13 @@ DATATYPE_OF: dict[np.dtype, str] = {
 def v2_name(dtype: np.dtype) -> str:
     """The V2 name of an array's dtype (``KeyError`` for one the service never answers in)."""
     return DATATYPE_OF[np.dtype(dtype).newbyteorder("=")]
+
+
+#: Native-order numpy dtype -> ``/v1`` name (``dtype.name`` costs ~5 µs a call).
+V1_NAME_OF: dict[np.dtype, str] = {dt.newbyteorder("="): v1 for v1, dt in V1_DTYPES.items()}
+
+
+def v1_name(dtype: np.dtype) -> str:
+    """The ``/v1`` name of a result's dtype (``"float32"``, ``"float64"``)."""
+    name = V1_NAME_OF.get(dtype)
+    return name if name is not None else np.dtype(dtype).name

@@ -37,7 +37,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import ServiceError, TooLargeError
 from .checks import MAX_NDIM, check_elements, check_finite, from_numbers
-from .datatypes import V1_DTYPES
+from .datatypes import V1_DTYPES, v1_name
 
 #: ``/v1`` dtype name -> numpy dtype (a view of the one table, :mod:`service.wire.datatypes`).
 DTYPES = V1_DTYPES
@@ -322,7 +322,7 @@ def encode_tensor(arr: np.ndarray, encoding: Encoding) -> Any:
         le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         return {
             "shape": list(arr.shape),
-            "dtype": arr.dtype.name,
+            "dtype": v1_name(arr.dtype),
             "b64": orjson.Fragment(b'"' + pybase64.b64encode(le.data) + b'"'),
         }
     return np.ascontiguousarray(arr)
