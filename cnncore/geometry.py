@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .checks import Pair, as_pair, check_int, check_output_size, check_shape, short_repr
 from .errors import ParameterError, ShapeError
@@ -323,32 +323,38 @@ def conv2d_geometry(
     ParameterError
         If a hyper-parameter is malformed or out of range.
     """
-    key = _plain_key(x_shape, w_shape, stride, padding, dilation, groups, bias)
-    if key is None:  # lists, numpy integers, ...: checked in full every time
-        return _conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups, bias)
-    return _conv2d_geometry_cached(*key)
+    return _conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups, bias)
 
 
-def _plain_key(*args: Any) -> tuple[Any, ...] | None:
-    """``args`` when each is a plain ``int``, ``str`` or ``bool`` or a tuple of ``int``
-    (hashable, and equal only to itself: ``True`` is not ``1`` here), else ``None``."""
-    for a in args:
-        if type(a) in (int, str, bool):
-            continue
-        if type(a) is tuple and all(type(v) is int for v in a):
-            continue
-        return None
-    return tuple((type(a), a) for a in args)
+def _typed_key(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with the type of each (and of a tuple's items): ``True`` is not ``1``
+    and ``(1, True)`` is not ``(1, 1)`` here, though they compare equal."""
+    return tuple((type(a), a, tuple(map(type, a)) if type(a) is tuple else None) for a in args)
 
 
-@functools.lru_cache(maxsize=1024)
-def _conv2d_geometry_cached(*typed: tuple[type, Any]) -> Conv2dGeometry:
-    """:func:`conv2d_geometry` once per distinct plain argument list: a graph or a route
-    asks again for every call with the same shapes (a tiny layer's checks cost more than
-    its arithmetic)."""
-    return _conv2d_geometry(*(value for _, value in typed))
+R = TypeVar("R")
 
 
+def _remembered(check: Callable[..., R]) -> Callable[..., R]:
+    """``check(*args)``, computed once per distinct argument list (:func:`_typed_key`;
+    unhashable arguments, such as lists, are checked in full every time). A graph or a
+    route asks again with the same shapes on every call, and a tiny layer's checks cost
+    more than its arithmetic. Only results are remembered (they are frozen), never
+    errors."""
+    cached = functools.lru_cache(maxsize=1024)(lambda key: check(*(a for _, a, _ in key)))
+
+    def remembered(*args: Any) -> R:
+        key = _typed_key(args)
+        try:
+            hash(key)
+        except TypeError:
+            return check(*args)
+        return cached(key)
+
+    return remembered
+
+
+@_remembered
 def _conv2d_geometry(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
@@ -404,6 +410,21 @@ def pool2d_geometry(
     ParameterError
         If a hyper-parameter is malformed, or the padding exceeds half the kernel.
     """
+    return _pool2d_geometry(
+        x_shape, kernel_size, stride, padding, mode, ceil_mode, count_include_pad
+    )
+
+
+@_remembered
+def _pool2d_geometry(
+    x_shape: Sequence[int],
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    mode: Any,
+    ceil_mode: Any,
+    count_include_pad: Any,
+) -> Pool2dGeometry:
     n, c, h, w = check_shape(x_shape, "x", 4)
     kh, kw = as_pair(kernel_size, "kernel_size")
     sh, sw = (kh, kw) if stride is None else as_pair(stride, "stride")
@@ -430,6 +451,11 @@ def linear_info(x_shape: Sequence[int], w_shape: Sequence[int], *, bias: bool = 
     ShapeError
         If ``x`` has fewer than 2 dimensions or ``D`` differs from ``w``'s rows.
     """
+    return _linear_info(x_shape, w_shape, bias)
+
+
+@_remembered
+def _linear_info(x_shape: Sequence[int], w_shape: Sequence[int], bias: Any) -> LayerInfo:
     xs = check_shape(x_shape, "x", min_ndim=2)
     d_in, m = check_shape(w_shape, "w", 2)
     d = math.prod(xs[1:])

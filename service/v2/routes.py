@@ -249,3 +249,7 @@ async def repository_unload(request: Request, model: ModelName) -> Response:
     _parameters(await _json_body(request))
     plane.unload(model)
     return JSONResponse({})
+
+
+# Matched in this order (FastAPI scans the routes in turn): inference, the hot path, first.
+router.routes.sort(key=lambda route: not getattr(route, "path", "").endswith("/infer"))
