@@ -48,6 +48,7 @@ def serve_process(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    base_url: str | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Like :func:`serve`, but yield the base URL and the server process (to signal it).
 
@@ -55,13 +56,15 @@ def serve_process(
     ----------
     argv
         The command to run; default ``python -m service --port <port>``. A custom
-        command must make the server listen on ``127.0.0.1:<port>``.
+        command must make the server listen on ``127.0.0.1:<port>`` (or ``base_url``).
     port
         Loopback port; a free one when omitted.
     env
         Extra environment variables for the server process.
     timeout
         Seconds to wait for readiness.
+    base_url
+        Where a custom command serves, when not on loopback (a container's address).
 
     Raises
     ------
@@ -70,7 +73,7 @@ def serve_process(
     """
     port = port or free_port()
     argv = list(argv) if argv else [sys.executable, "-m", "service", "--port", str(port)]
-    base_url = f"http://127.0.0.1:{port}"
+    base_url = base_url or f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             argv, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT

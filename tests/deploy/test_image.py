@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import pytest
 
 from cnncore import load_onnx
 from service.models import native
+from service.testing import serve_process
 from tests.fixtures.onnx.reference import EPS, fixtures, magnitudes, sum_terms
 from tests.triton import rest_infer, tritonclient
 
@@ -58,7 +58,6 @@ class Served:
     ns: image.Namespace
     url: str
     grpc: str
-    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -91,36 +90,19 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(built: str, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(built: str, repo: Path) -> Iterator[Served]:
     config = image.image_config(built)
     argv = [*(config.get("Entrypoint") or []), *config["Cmd"]]  # the image's own command
-    log = tmp_path_factory.mktemp("image-log") / "server.log"
-    with image.container(built) as name, image.network_namespace() as ns, log.open("w") as out:
+    with image.container(built) as name, image.network_namespace() as ns:
         command = image.buildah_run(
             name, argv, volumes=[f"{repo}:/models:ro"], env=["CNN_MODEL_REPOSITORY=/models"]
         )
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, *command], stdout=out, stderr=subprocess.STDOUT
-        )
-        url = f"http://{ns.address}:8000"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"the container exited:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.25)
-        try:
-            yield Served(built, name, ns, url, f"{ns.address}:8081", log)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        with serve_process(
+            ["ip", "netns", "exec", ns.name, *command],
+            base_url=f"http://{ns.address}:8000",
+            timeout=120,
+        ) as (url, _):
+            yield Served(built, name, ns, url, f"{ns.address}:8081")
 
 
 def test_the_image_config(built: str) -> None:
