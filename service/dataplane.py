@@ -20,7 +20,9 @@ The API (agreed with the gRPC transport): :meth:`DataPlane.server_metadata`,
 :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.infer`,
 :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load`, :meth:`~DataPlane.unload`.
 ``infer``, ``load`` and ``unload`` are synchronous and CPU- or disk-bound: call them in
-a worker thread. Refinements of the agreed shape: ``repository_index(ready_only=False)``;
+a worker thread, or call :meth:`~DataPlane.infer_async` and :meth:`~DataPlane.run_async`
+from the event loop, which compute small work there and the rest on a worker thread.
+Refinements of the agreed shape: ``repository_index(ready_only=False)``;
 ``model_ready`` raises (NotFoundError, BadRequestError) for an unknown or invalid name
 rather than answering False; ``InferRequest.may_hold_bools`` lets a transport skip the
 scan for booleans; helpers the transports share: :meth:`~DataPlane.ready_model`,
