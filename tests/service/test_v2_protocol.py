@@ -573,6 +573,15 @@ def test_metrics_per_model_and_info(client: TestClient, x: np.ndarray) -> None:
     assert models["broken"]["state"] == "UNAVAILABLE"
 
 
+@pytest.fixture
+def on_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every computation on a worker thread, as one over INLINE_FLOPS runs: a test that
+    holds one mid-way, to act while it is in flight, would hold the event loop too if
+    it ran there (as a tiny one does)."""
+    monkeypatch.setattr(dataplane, "INLINE_FLOPS", -1)
+
+
+@pytest.mark.usefixtures("on_worker_threads")
 def test_unload_lets_an_in_flight_request_finish(
     client: TestClient, layers: list[dict[str, Any]], x: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -700,13 +709,11 @@ def test_working_memory_budget(repo: Path, x: np.ndarray) -> None:
     assert "even one sample of this shape is over the limit" in r.json()["error"]
 
 
+@pytest.mark.usefixtures("on_worker_threads")
 def test_overload_is_a_503_with_retry_after(
     repo: Path, x: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(model_repository=repo, max_concurrency=1, max_queue=0, retry_after=3)
-    # The held computation must run on a worker thread, as one over INLINE_FLOPS would:
-    # on the event loop (where a tiny one runs) it would hold every other request too.
-    monkeypatch.setattr(dataplane, "INLINE_FLOPS", -1)
     with TestClient(create_app(settings)) as c:
         model = c.app.state.models.entry("tiny").model  # type: ignore[attr-defined]
         started, release = threading.Event(), threading.Event()
