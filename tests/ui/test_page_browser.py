@@ -267,6 +267,21 @@ def test_no_console_error_and_no_request_to_another_host(browser: Any, base_url:
     assert all(u.startswith(base_url) for u in network), network
 
 
+def test_the_policy_refuses_a_request_to_another_host(browser: Any, base_url: str) -> None:
+    """The Content-Security-Policy is enforced, not only sent: a script's fetch to another
+    host (TEST-NET-2, reserved, never routed) is refused before it leaves the browser."""
+    open_page(browser, base_url)
+    outcome = browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        document.addEventListener('securitypolicyviolation',
+          (e) => done(e.violatedDirective + ' ' + e.blockedURI), {once: true});
+        fetch('http://198.51.100.7/x').catch(() => {});
+        """
+    )
+    assert outcome.startswith("connect-src http://198.51.100.7")
+
+
 def test_chinese_shows_the_same_numbers(browser: Any, base_url: str) -> None:
     open_page(browser, base_url)
     english = {n: values(browser, n) for n in ("conv.out", "conv.dx", "pool.max.dx", "shapes.W2")}
