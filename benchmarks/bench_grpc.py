@@ -45,16 +45,12 @@ from benchmarks.bench_wire import (
     PADDING,
     ROOT,
     TINY_MODEL,
-    TINY_X_SHAPE,
-    W_SHAPE,
-    X_SHAPE,
     decode_v2,
     echo_server,
     machine_state,
     model_repository,
-    tiny_forward,
-    tiny_network,
     v2_binary_request,
+    workload,
 )
 from service.runtime import tune_malloc
 from service.testing import free_port, serve_process
@@ -137,13 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritonclient.grpc import service_pb2
 
     tune_malloc()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(X_SHAPE).astype(np.float32)
-    w = rng.standard_normal(W_SHAPE).astype(np.float32)
-    expect, _ = cnncore.conv2d_forward(x, w, padding=PADDING)
-    tiny_x = rng.standard_normal(TINY_X_SHAPE).astype(np.float32)
-    tiny = tiny_network(rng)
-    tiny_expect = tiny_forward(tiny_x, tiny)
+    x, w, expect, tiny_x, tiny, tiny_expect = workload()
     print(machine_state())
 
     def raw_request(model: str, arr: np.ndarray) -> bytes:

@@ -114,16 +114,29 @@ def resnet18() -> Any:
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
             return self.fc(torch.flatten(self.avgpool(x), 1))
 
-    torch.manual_seed(0)
-    model = ResNet18()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                assert m.running_mean is not None
-                assert m.running_var is not None
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return seeded(ResNet18)()
+
+
+def seeded(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make`` as a builder of a reproducible model in eval mode: seed 0, and running
+    BatchNorm statistics away from (0, 1) so that folding them changes the weights."""
+
+    def build() -> Any:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        model = make()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    assert m.running_mean is not None
+                    assert m.running_var is not None
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+        return model.eval()
+
+    return build
 
 
 def mobile_nets() -> dict[str, Callable[[], Any]]:
@@ -203,21 +216,6 @@ def mobile_nets() -> dict[str, Callable[[], Any]]:
             *cba(3, 32, 3, 2, 1, nn.SiLU), *blocks, *cba(320, 1280, 1, 1, 1, nn.SiLU),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, 1000),
         )  # fmt: skip
-
-    def seeded(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-        def build() -> nn.Module:
-            torch.manual_seed(0)
-            model = make()
-            with torch.no_grad():
-                for m in model.modules():
-                    if isinstance(m, nn.BatchNorm2d):
-                        assert m.running_mean is not None
-                        assert m.running_var is not None
-                        m.running_mean.normal_(0, 0.1)
-                        m.running_var.uniform_(0.5, 1.5)
-            return model.eval()
-
-        return build
 
     return {
         "mobilenet_v3_large": seeded(mobilenet_v3_large),

@@ -232,6 +232,20 @@ def tiny_forward(x: np.ndarray, layers: list[dict[str, Any]]) -> np.ndarray:
     return out
 
 
+def workload() -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]], np.ndarray
+]:
+    """The rows' inputs and in-process answers, the same in every benchmark that sets the
+    service against its floor: ``x, w, conv out, tiny x, tiny network, tiny out``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(X_SHAPE).astype(np.float32)
+    w = rng.standard_normal(W_SHAPE).astype(np.float32)
+    expect, _ = cnncore.conv2d_forward(x, w, padding=PADDING)
+    tiny_x = rng.standard_normal(TINY_X_SHAPE).astype(np.float32)
+    tiny = tiny_network(rng)
+    return x, w, expect, tiny_x, tiny, tiny_forward(tiny_x, tiny)
+
+
 # -- timing -----------------------------------------------------------------------------
 
 
@@ -406,13 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         again = sys.argv[1:] if argv is None else argv
         os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench_wire", *again], env)
     tune_malloc()  # the service does this at start-up; the in-process compute must too
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(X_SHAPE).astype(np.float32)
-    w = rng.standard_normal(W_SHAPE).astype(np.float32)
-    expect, _ = cnncore.conv2d_forward(x, w, padding=PADDING)
-    tiny_x = rng.standard_normal(TINY_X_SHAPE).astype(np.float32)
-    tiny = tiny_network(rng)
-    tiny_expect = tiny_forward(tiny_x, tiny)
+    x, w, expect, tiny_x, tiny, tiny_expect = workload()
     tutorial_expect, _ = cnncore.conv2d_forward(
         np.asarray(TUTORIAL_CONV["x"], float),
         np.asarray(TUTORIAL_CONV["w"], float),

@@ -174,12 +174,8 @@ class DataPlane:
         service.errors.NotFoundError
             for an unknown model or version.
         """
-        try:
+        with _model_named():
             entry = self.models.entry(name)
-        except ModelNameError as exc:
-            raise bad_request(str(exc), ["path", "model"]) from None
-        except ModelNotFoundError as exc:
-            raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
         if version is not None and version != VERSION:
             raise NotFoundError(
                 f"model {name!r} has no version {version[:20]!r}; its only version is '{VERSION}'",
@@ -386,12 +382,8 @@ class DataPlane:
                 "in the repository folder",
                 ["parameters"],
             )
-        try:
+        with _model_named():
             entry = self.models.load(name)
-        except ModelNameError as exc:
-            raise bad_request(str(exc), ["path", "model"]) from None
-        except ModelNotFoundError as exc:
-            raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
         if entry.model is None:
             raise bad_request(f"failed to load {name!r}: {entry.reason}", ["path", "model"])
 
@@ -401,12 +393,20 @@ class DataPlane:
         Raises as :meth:`load` does.
         """
         self.check_model_control()
-        try:
+        with _model_named():
             self.models.unload(name)
-        except ModelNameError as exc:
-            raise bad_request(str(exc), ["path", "model"]) from None
-        except ModelNotFoundError as exc:
-            raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
+
+
+@contextlib.contextmanager
+def _model_named() -> Iterator[None]:
+    """The repository's refusals of a model name as the protocol's: an invalid name is a
+    bad request, an unknown one not found (both located at the path's ``model``)."""
+    try:
+        yield
+    except ModelNameError as exc:
+        raise bad_request(str(exc), ["path", "model"]) from None
+    except ModelNotFoundError as exc:
+        raise NotFoundError(str(exc), [(["path", "model"], "unknown model")]) from None
 
 
 # --------------------------------------------------------------------------- budgets
