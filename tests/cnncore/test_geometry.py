@@ -163,3 +163,26 @@ def test_linear_rejects(x_shape: Any, w_shape: Any, arg: str) -> None:
     with pytest.raises(ShapeError) as info:
         linear_info(x_shape, w_shape)
     assert info.value.arg == arg
+
+
+def test_remembered_checks_never_take_a_bool_for_an_int() -> None:
+    """The checks are remembered by argument (cnncore.geometry._remembered); ``True``
+    equals ``1`` and hashes like it, so a remembered ``stride=1`` must not answer for
+    ``stride=True``, nor ``(1, 1)`` for ``(1, True)``, nor ``False`` for ``0``; a list is
+    checked afresh."""
+    x, w = (1, 2, 6, 6), (3, 2, 3, 3)
+    good = conv2d_geometry(x, w, stride=1)
+    assert conv2d_geometry(x, w, stride=1) is good  # remembered
+    assert conv2d_geometry(x, w, stride=[1, 1]) == good  # unhashable: checked, same answer
+    for stride in (True, (1, True)):
+        with pytest.raises(ParameterError) as err:
+            conv2d_geometry(x, w, stride=stride)
+        assert err.value.arg == "stride"
+    pool2d_geometry(x, kernel_size=2, ceil_mode=False)
+    with pytest.raises(ParameterError):
+        pool2d_geometry(x, kernel_size=2, ceil_mode=0)  # equal to False, but not a bool
+    linear_info((2, 4), (4, 3), bias=True)
+    with pytest.raises(ShapeError):
+        linear_info((2, 4), (5, 3), bias=True)  # an error is never remembered as an answer
+    with pytest.raises(ShapeError):
+        linear_info((2, 4), (5, 3), bias=True)
