@@ -34,11 +34,12 @@ from .geometry import (
     conv2d_geometry,
     conv_out_size,
     linear_info,
+    pool2d_geometry,
     resolve_conv_padding,
 )
 from .linear import linear_backward, linear_forward
 from .op import Memory, Op, Shape, attr_bool, first_only, nbytes, no_attrs
-from .pool import pool2d_backward, pool2d_forward, pool2d_inference
+from .pool import max_pool_bytes, pool2d_backward, pool2d_forward, pool2d_inference
 
 # --------------------------------------------------------------------------- conv2d
 
@@ -226,25 +227,33 @@ def _pool_backward(dout: np.ndarray, cache: Any, needs: tuple[bool, ...]) -> tup
 
 
 def _pool_memory(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any], isz: int) -> Memory:
-    """Generous: the padded input, the window maxima/sums per input row and index arrays
-    (forward); bincount's float64 padded buffer and int64 positions (max backward)."""
+    """Max: the buffers :func:`cnncore.pool.max_pool_bytes` counts, and the index of each
+    window's first maximum (cached). Average (generous): the padded input and window sums
+    per input row (forward), a padded dX and the shares (backward). With padding the
+    pooling functions do not take, the explicitly padded copy (and its cache)."""
     n, c, h, w, out_h, out_w, eb, er = _pool_geometry(shapes[0], attrs)
     top, _, left, _ = attrs["padding"]
     padded = n * c * (h + top + eb) * (w + left + er)
-    rows = n * c * (h + top + eb) * out_w
     o = n * c * out_h * out_w
-    explicit = _symmetric(attrs) is None
-    extra = padded * isz if explicit else 0  # the explicitly padded copy (forward and dx)
+    sym = _symmetric(attrs)
+    extra = padded * isz if sym is None else 0  # the explicitly padded copy (forward and dx)
     if attrs["mode"] == "max":
-        cache = o  # the index of each window's first maximum (1 or 2 bytes each)
-        forward = padded * isz + rows * (isz + 2) + o * (isz + 4)
-        backward = padded * (8 + isz) + o * (3 * 8 + isz)
+        if sym is None:
+            kwargs = {**_pool_kwargs(attrs, 0), "ceil_mode": False, "count_include_pad": True}
+            geom = pool2d_geometry((n, c, h + top + eb, w + left + er), **kwargs)
+        else:
+            geom = pool2d_geometry(tuple(shapes[0]), **_pool_kwargs(attrs, sym))
+        forward, backward = max_pool_bytes(geom, isz)
+        cache = o * np.min_scalar_type(geom.kh * geom.kw - 1).itemsize
     else:
+        rows = n * c * (h + top + eb) * out_w
         cache = 0
         forward = padded * isz + rows * isz + o * 8
         backward = padded * isz + 2 * o * 8
     return Memory(
-        cache=cache + (8 * o if explicit else 0), forward=forward + extra, backward=backward + extra
+        cache=cache + (8 * o if sym is None else 0),
+        forward=forward + extra,
+        backward=backward + extra,
     )
 
 

@@ -5,23 +5,21 @@ The tutorial's pooling layer keeps the depth and shrinks the plane to
 (at most half the kernel) and ``ceil_mode``, all resolved by
 :func:`cnncore.geometry.pool2d_geometry`.
 
-Vectorisation: window cell ``(a, b)`` of every output pixel is one strided view
-of the input (:func:`_cell`), so each op is a loop over the ``KH * KW`` cells of
-the window, never over pixels. Where windows may run past the input (padding,
-``ceil_mode``) the input is padded once first (``-inf`` for max, zeros for average).
+Vectorisation: each op is a loop over the ``KH * KW`` cells of the window, never over
+pixels. Where windows may run past the input (padding, ``ceil_mode``) the input is
+padded first (``-inf`` for max, zeros for average).
 
-- max forward: separable, like the average: a running ``np.maximum`` over the
-  window's columns for every input row, then over its rows. Each window's first
-  maximum (its cell index in row-major order, as ``np.argmax`` of the flattened
-  window) is the first maximum of the first window row that holds the maximum,
-  found at both stages by comparing the cells with the maximum. No copy of the
-  windows (``docs/decisions/2026-11-26-pool-max-separable.md``).
-- max backward: when the windows tile the input exactly (stride = kernel, no
-  padding, sizes divisible: the ``x.reshape(N, C, H', KH, W', KW)`` case), each
-  input cell belongs to one window and is *written* once per cell view; otherwise
-  the positions of the first maxima in the flattened input go to ``np.bincount``,
-  which adds overlapping windows' contributions (faster than ``argmax`` over a window
-  copy, and than a per-cell ``+=``; same record);
+- max forward: the padded input is split into its stride phases (:class:`_Phases`), in
+  which window cell ``(a, b)`` of every output pixel, computed in rows a few junk pixels
+  wide, is one contiguous slice; a running ``np.maximum`` over the cells in row-major
+  order, and each window's first maximum (its cell index, as ``np.argmax`` of the
+  flattened window) counted down by comparing the cells with the maximum. No copy of the
+  windows, and each step one long unit-stride ufunc call, a block of channels or of
+  samples at a time so that the buffers stay in cache
+  (``docs/decisions/2026-12-05-pool-phases.md``).
+- max backward: each window's gradient goes to its first maximum's place in the
+  phases, where ``np.bincount`` adds up overlapping windows; the phases are then
+  written back, a block at a time (same record);
 - average: forward sums the window's columns, then its rows (separable, fewer
   passes than summing the cell views), and divides by the window's count;
   backward spreads ``dout / count`` over them (written when the windows tile the
@@ -35,11 +33,12 @@ The plain-loop twins are :func:`cnncore.reference.max_pool_forward_naive`,
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .activations import masked_gradient
 from .checks import as_float_array, check_dout
 from .geometry import Pool2dGeometry, pool2d_geometry
 
@@ -110,10 +109,7 @@ def pool2d_forward(
         count_include_pad=count_include_pad,
     )
     if g.mode == "max":
-        out = np.empty(g.output_shape, dtype=x.dtype)
-        first = np.empty(g.output_shape, dtype=np.min_scalar_type(g.kh * g.kw - 1))
-        for block in _blocks(x, g):
-            out[block], first[block] = _max_forward(x[block], g)
+        out, first = _max_pool(x, g, first=True)
         return out, (g, x.dtype, first)
     return _avg_forward(x, g), (g, x.dtype, None)
 
@@ -122,16 +118,13 @@ def pool2d_inference(x: Any, **params: Any) -> np.ndarray:
     """:func:`pool2d_forward`'s output alone, for a pass no backward follows.
 
     Same parameters, result (the same bits) and errors. Max pooling skips the first-
-    maximum bookkeeping the backward pass needs, less than half the time on ResNet-18's
-    stem pool (``docs/decisions/2026-12-02-pool-inference-and-channel-blocks.md``).
+    maximum bookkeeping the backward pass needs, about half the time on ResNet-18's
+    stem pool (``docs/decisions/2026-12-05-pool-phases.md``).
     """
     x = as_float_array(x, "x")
     g = pool2d_geometry(x.shape, **params)
     if g.mode == "max":
-        out = np.empty(g.output_shape, dtype=x.dtype)
-        for block in _blocks(x, g):
-            out[block] = _max_values(x[block], g)
-        return out
+        return _max_pool(x, g, first=False)[0]
     return _avg_forward(x, g)
 
 
@@ -176,20 +169,9 @@ def pool2d_backward(dout: Any, cache: PoolCache) -> np.ndarray:
 
 _BLOCK_BYTES = 1 << 20
 """Input bytes max pooling works through at once (:func:`_blocks`): a few channels of one
-sample, so that its passes over them (the padded copy, the maxima over columns, then
-over rows) find them in cache
+sample or a few samples, so that its passes over them (the phases, the maxima, the
+count of first maxima; the sums of the backward pass) find them in cache
 (``docs/decisions/2026-12-02-pool-inference-and-channel-blocks.md``)."""
-
-
-def _blocks(x: np.ndarray, g: Pool2dGeometry) -> list[tuple[slice, slice]]:
-    """``(samples, channels)`` blocks of about :data:`_BLOCK_BYTES` of ``x`` each; the
-    windows never cross planes, so each block pools on its own."""
-    step = max(1, min(g.c, _BLOCK_BYTES // (g.h * g.w * x.itemsize)))
-    return [
-        (slice(n, n + 1), slice(c, min(c + step, g.c)))
-        for n in range(g.n)
-        for c in range(0, g.c, step)
-    ]
 
 
 def _offsets(g: Pool2dGeometry) -> list[tuple[int, int]]:
@@ -262,42 +244,201 @@ def _divisor(g: Pool2dGeometry, dtype: np.dtype) -> np.ndarray:
 # --------------------------------------------------------------------------- max
 
 
-def _max_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
-    # Separable, like the average: the maximum (and first maximum) over each
-    # window row's columns for every input row, then over the window's rows. The
-    # first maximum in row-major order is in the first row holding the maximum.
-    xp = _pad(x, g, -np.inf)
-    col_cells = [xp[..., _steps(b, g.sw, g.out_w)] for b in range(g.kw)]
-    row_max = col_cells[0].copy()
-    for cell in col_cells[1:]:
-        np.maximum(row_max, cell, out=row_max)
-    row_first = _first_max(col_cells, row_max)  # column of each row's first maximum
-    row_cells = [row_max[:, :, _steps(a, g.sh, g.out_h)] for a in range(g.kh)]
-    out = row_cells[0].copy()
-    for cell in row_cells[1:]:
-        np.maximum(out, cell, out=out)
-    a = _first_max(row_cells, out)  # window row of the first maximum
-    dtype = np.min_scalar_type(g.kh * g.kw - 1)
-    cols = [row_first[:, :, _steps(i, g.sh, g.out_h)] for i in range(g.kh)]
-    first = cols[0].astype(dtype)  # the first maximum's column in row a
-    for i in range(1, g.kh):
-        np.copyto(first, cols[i], where=a == i)
-    first += a.astype(dtype) * dtype.type(g.kw)
-    if g.ph or g.pw:
-        _skip_leading_padding(first, out, g)
-    return out, first
+_Span = tuple[slice, slice]
+"""Rows and columns."""
 
 
-def _max_values(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
-    # The maxima of _max_forward, in the same order (so the same bits, NaN included).
-    xp = _pad(x, g, -np.inf)
-    row_max = xp[..., _steps(0, g.sw, g.out_w)].copy()
-    for b in range(1, g.kw):
-        np.maximum(row_max, xp[..., _steps(b, g.sw, g.out_w)], out=row_max)
-    out = row_max[:, :, _steps(0, g.sh, g.out_h)].copy()
-    for a in range(1, g.kh):
-        np.maximum(out, row_max[:, :, _steps(a, g.sh, g.out_h)], out=out)
-    return out
+@dataclass(frozen=True)
+class _Phases:
+    """Max pooling's layout: the ``-inf``-padded input split into its stride phases.
+
+    Phase ``(r, s)`` holds padded rows ``r, r + sh, ...`` and columns ``s, s + sw, ...`` of
+    each plane, ``hq x wq`` values, the planes one after another in one flat buffer (with
+    ``slack`` values after the last). Window cell ``(a, b)`` of output pixel ``(y, x)`` is
+    then value ``(y + a // sh, x + b // sw)`` of phase ``(a % sh, b % sw)``: computing every
+    output row ``wq`` wide, the cell of every window of every plane is *one contiguous
+    slice* of its phase, shifted by ``(a // sh) * wq + b // sw``. So each step over a cell
+    is one long unit-stride ufunc call (SIMD, no strided gather); the junk pixels
+    (``y >= out_h`` or ``x >= out_w``) read neighbouring rows, are cropped, and get no
+    gradient. A valid pixel never reads past its own plane.
+    """
+
+    g: Pool2dGeometry
+    hq: int
+    wq: int
+    phases: tuple[tuple[int, int], ...]
+    """``(r, s)`` of each phase some cell reads, in buffer order."""
+    cells: tuple[tuple[int, int], ...]
+    """``(phase index, shift)`` of each window cell, in row-major order."""
+    slack: int
+    spans: tuple[tuple[int, _Span, _Span], ...]
+    """Per phase holding input values: ``(phase index, its rows and columns, the input's
+    rows and columns)``."""
+
+    @classmethod
+    @functools.lru_cache(maxsize=256)
+    def of(cls, g: Pool2dGeometry) -> _Phases:
+        top, bottom, left, right = _padded_extent(g)
+        hq = -(-(g.h + top + bottom) // g.sh)
+        wq = -(-(g.w + left + right) // g.sw)
+        phases = tuple((r, s) for r in range(min(g.sh, g.kh)) for s in range(min(g.sw, g.kw)))
+        cells = tuple(
+            (phases.index((a % g.sh, b % g.sw)), (a // g.sh) * wq + b // g.sw)
+            for a, b in _offsets(g)
+        )
+        spans = []
+        for p, (r, s) in enumerate(phases):
+            rows = _phase_span(r - top, g.sh, g.h, hq)
+            cols = _phase_span(s - left, g.sw, g.w, wq)
+            if rows is not None and cols is not None:
+                spans.append((p, (rows[0], cols[0]), (rows[1], cols[1])))
+        return cls(g, hq, wq, phases, cells, max(shift for _, shift in cells), tuple(spans))
+
+    def length(self, planes: int) -> int:
+        """Wide output pixels of ``planes`` planes."""
+        return planes * self.hq * self.wq
+
+    def buffer(self, planes: int, dtype: np.dtype, fill: float) -> np.ndarray:
+        """Phase buffers for ``planes`` planes, ``(phases, planes * hq * wq + slack)``."""
+        return np.full((len(self.phases), self.length(planes) + self.slack), fill, dtype)
+
+    def planes(self, buf: np.ndarray, p: int, planes: int) -> np.ndarray:
+        """Phase ``p`` of ``buf`` as ``(planes, hq, wq)``."""
+        return buf[p, : self.length(planes)].reshape(planes, self.hq, self.wq)
+
+    def crop(self, wide: np.ndarray) -> np.ndarray:
+        """The valid pixels of wide output rows: ``(planes, out_h, out_w)``, a view."""
+        return wide.reshape(-1, self.hq, self.wq)[:, : self.g.out_h, : self.g.out_w]
+
+
+def max_pool_bytes(g: Pool2dGeometry, itemsize: int) -> tuple[int, int]:
+    """Bytes max pooling allocates besides its input, output and gradients: ``(forward,
+    backward)``, the buffers of :func:`_max_pool` (with the first maxima, and their
+    NaN-path temporaries) and :func:`_max_backward` for its largest block (the graph
+    engine's budget; measured against tracemalloc in the tests)."""
+    lay = _Phases.of(g)
+    planes = max(_plane_count(b) for b in _blocks(g, itemsize))
+    wide = lay.length(planes)
+    buffers = len(lay.phases) * (wide + lay.slack)
+    index = np.min_scalar_type(g.kh * g.kw - 1).itemsize
+    pixels = planes * g.out_h * g.out_w
+    out = g.n * g.c * g.out_h * g.out_w
+    # phases, the wide maxima, their count, two masks and the NaN path's two; the index,
+    # and the mask of all -inf windows (padding only)
+    forward = buffers * itemsize + wide * (itemsize + index + 4) + out * (index + 1)
+    # the bincount sums, the pixels' positions (arange, cropped), where, float64 weights
+    backward = buffers * 8 + wide * 8 + pixels * 3 * 8
+    return forward, backward
+
+
+def _phase_span(first: int, s: int, size: int, length: int) -> _Span | None:
+    """Positions ``i`` of a phase whose input index ``first + i * s`` is in ``[0, size)``:
+    ``(slice of the phase, slice of the input)``, or None when there are none."""
+    i0 = max(0, -(first // s))  # smallest i with first + i * s >= 0
+    stop = min(length, -(-(size - first) // s))  # first + i * s < size
+    if stop <= i0:
+        return None
+    return slice(i0, stop), slice(first + i0 * s, first + (stop - 1) * s + 1, s)
+
+
+def _blocks(g: Pool2dGeometry, itemsize: int) -> list[tuple[slice, slice]]:
+    """``(samples, channels)`` blocks of about :data:`_BLOCK_BYTES` of ``x`` each: a few
+    channels of one sample, or a few whole samples (each block is contiguous in ``x``);
+    the windows never cross planes, so each block pools on its own."""
+    planes = max(1, _BLOCK_BYTES // (g.h * g.w * itemsize))
+    if planes >= g.c:
+        step = planes // g.c
+        return [(slice(n, min(n + step, g.n)), slice(0, g.c)) for n in range(0, g.n, step)]
+    return [
+        (slice(n, n + 1), slice(c, min(c + planes, g.c)))
+        for n in range(g.n)
+        for c in range(0, g.c, planes)
+    ]
+
+
+def _plane_count(block: tuple[slice, slice]) -> int:
+    samples, channels = block
+    return (samples.stop - samples.start) * (channels.stop - channels.start)
+
+
+def _max_pool(
+    x: np.ndarray, g: Pool2dGeometry, *, first: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The maxima, and with ``first`` each window's first maximum: its cell index in
+    row-major order (``np.argmax`` of the flattened window), counted down: each cell
+    before the first one equal to the maximum (or NaN, when the maximum is) adds one.
+
+    The maximum is taken in row-major cell order, so ties keep the first value and a NaN
+    the first NaN: the same bits with and without ``first``. A block of :func:`_blocks` at
+    a time, in buffers made once per call (the padding stays ``-inf`` between blocks).
+    """
+    lay = _Phases.of(g)
+    blocks = _blocks(g, x.itemsize)
+    most = lay.length(max(_plane_count(b) for b in blocks))
+    buf = lay.buffer(max(_plane_count(b) for b in blocks), x.dtype, -np.inf)
+    wide = np.empty(most, dtype=x.dtype)
+    out = np.empty(g.output_shape, dtype=x.dtype)
+    index = np.empty(g.output_shape, np.min_scalar_type(g.kh * g.kw - 1)) if first else None
+    count = np.empty(most, dtype=np.min_scalar_type(g.kh * g.kw - 1))
+    before = np.empty(most, dtype=bool)  # no cell so far held the maximum
+    missed = np.empty(most, dtype=bool)
+    for block in blocks:
+        planes = _plane_count(block)
+        n = lay.length(planes)
+        xb = x[block].reshape(planes, g.h, g.w)
+        for p, (prow, pcol), (xrow, xcol) in lay.spans:
+            lay.planes(buf, p, planes)[:, prow, pcol] = xb[:, xrow, xcol]
+        cells = [buf[p, shift : shift + n] for p, shift in lay.cells]
+        np.copyto(wide[:n], cells[0])
+        for cell in cells[1:]:
+            np.maximum(wide[:n], cell, out=wide[:n])
+        out[block] = lay.crop(wide[:n]).reshape(out[block].shape)
+        if index is None:
+            continue
+        has_nan = bool(np.isnan(wide[:n]).any())
+        count[:n] = 0
+        before[:n] = True
+        for cell in cells[:-1]:
+            np.not_equal(cell, wide[:n], out=missed[:n])
+            if has_nan:
+                missed[:n] &= ~np.isnan(cell)
+            before[:n] &= missed[:n]
+            count[:n] += before[:n].view(np.uint8)
+        index[block] = lay.crop(count[:n]).reshape(index[block].shape)
+    if index is not None and (g.ph or g.pw):
+        _skip_leading_padding(index, out, g)
+    return out, index
+
+
+def _max_backward(dout: np.ndarray, g: Pool2dGeometry, first: np.ndarray) -> np.ndarray:
+    """dX: each window's ``dout`` goes to the phase cell of its first maximum, where
+    ``np.bincount`` adds up the windows that share it (in float64, in window order); the
+    phases are then written back in place. A block of :func:`_blocks` at a time, so that
+    the sums stay in cache: faster than a masked add per window cell, and than one
+    ``bincount`` over the whole padded input (``docs/decisions/2026-12-05-pool-phases.md``).
+    """
+    lay = _Phases.of(g)
+    blocks = _blocks(g, dout.itemsize)
+    most = max(_plane_count(b) for b in blocks)
+    # Where each cell of each valid pixel's window is in the flat phase buffers.
+    span = lay.length(most) + lay.slack
+    cell_at = np.array([p * span + shift for p, shift in lay.cells], dtype=np.intp)
+    pixel_at = lay.crop(np.arange(lay.length(most), dtype=np.intp)).reshape(most, -1)
+    covered = g.kh >= g.sh and g.kw >= g.sw  # every input value is in some phase
+    dx = (np.empty if covered else np.zeros)((g.n, g.c, g.h, g.w), dtype=dout.dtype)
+    for block in blocks:
+        planes = _plane_count(block)
+        where = cell_at.take(first[block].reshape(planes, -1))
+        where += pixel_at[:planes]
+        sums = np.bincount(
+            where.ravel(), weights=dout[block].ravel(), minlength=len(lay.phases) * span
+        )
+        sums = sums.reshape(len(lay.phases), span)
+        dxb = dx[block].reshape(planes, g.h, g.w)
+        for p, (prow, pcol), (xrow, xcol) in lay.spans:
+            dxb[:, xrow, xcol] = lay.planes(sums, p, planes)[:, prow, pcol]
+        del where, sums  # before the next block's are made
+    return dx
 
 
 def _skip_leading_padding(first: np.ndarray, out: np.ndarray, g: Pool2dGeometry) -> None:
@@ -315,47 +456,6 @@ def _skip_leading_padding(first: np.ndarray, out: np.ndarray, g: Pool2dGeometry)
     left = np.maximum(g.pw - np.arange(g.out_w) * g.sw, 0)
     corner = np.add.outer(top * g.kw, left).astype(first.dtype)
     np.copyto(first, np.broadcast_to(corner, first.shape), where=all_inf)
-
-
-def _first_max(cells: list[np.ndarray], out: np.ndarray) -> np.ndarray:
-    """Cell index of each window's first maximum, ``np.argmax`` of the flattened window.
-
-    Counted down from the last cell: each cell at or after the first maximum
-    takes one off. NaN counts as the maximum (``out`` is NaN there), as for
-    ``np.argmax``. No copy of the windows is made.
-    """
-    first = np.full(out.shape, len(cells) - 1, dtype=np.min_scalar_type(len(cells) - 1))
-    found = np.zeros(out.shape, dtype=bool)
-    hit = np.empty(out.shape, dtype=bool)
-    has_nan = bool(np.isnan(out).any())
-    for cell in cells[:-1]:
-        np.equal(cell, out, out=hit)
-        if has_nan:
-            hit |= np.isnan(cell)
-        found |= hit
-        first -= found
-    return first
-
-
-def _max_backward(dout: np.ndarray, g: Pool2dGeometry, first: np.ndarray) -> np.ndarray:
-    if _tiles(g):
-        dx = np.empty((g.n, g.c, g.h, g.w), dtype=dout.dtype)
-        for i, (a, b) in enumerate(_offsets(g)):
-            _cell(dx, g, a, b)[...] = masked_gradient(dout, first == i)
-        return dx
-    # Position of each window's first maximum in the flattened padded input; bincount
-    # then adds every dout to its position, so overlapping windows accumulate.
-    top, bottom, left, right = _padded_extent(g)
-    hp, wp = g.h + top + bottom, g.w + left + right
-    cell = np.array([a * wp + b for a, b in _offsets(g)])
-    corner = (
-        (np.arange(g.n * g.c) * (hp * wp))[:, None, None]
-        + (np.arange(g.out_h) * (g.sh * wp))[:, None]
-        + np.arange(g.out_w) * g.sw
-    )
-    where = corner.reshape(g.output_shape) + cell[first]
-    dxp = np.bincount(where.ravel(), weights=dout.ravel(), minlength=g.n * g.c * hp * wp)
-    return _unpad(dxp.reshape(g.n, g.c, hp, wp), g).astype(dout.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- average

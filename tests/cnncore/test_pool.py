@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -379,23 +380,62 @@ def test_backward_rejects_wrong_dout_shape(mode: str) -> None:
 
 
 @pytest.mark.parametrize("values", ["normal", "ties", "nan-inf"])
-@pytest.mark.parametrize("channels", [1, 2], ids=["block-of-1-channel", "blocks-of-2-and-1"])
-def test_max_pooling_by_blocks_of_channels_gives_the_same_bits(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, values: str, channels: int
-) -> None:
-    x = rng.standard_normal((2, 5, 9, 8))
+@pytest.mark.parametrize(
+    ("planes", "blocks"),
+    [(1, 15), (2, 9), (5, 3), (10, 2)],
+    ids=["1-channel", "2-and-1-channels", "1-sample", "2-and-1-samples"],
+)
+def test_max_pooling_by_blocks_gives_the_same_bits(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, values: str, planes: int,
+    blocks: int,
+) -> None:  # fmt: skip
+    x = rng.standard_normal((3, 5, 9, 8))
     if values == "ties":
         x = rng.integers(0, 3, size=x.shape).astype(np.float64)
     elif values == "nan-inf":
         x.flat[rng.choice(x.size, size=x.size // 3, replace=False)] = -np.inf
         x.flat[rng.choice(x.size, size=2, replace=False)] = np.nan
     kwargs = {"kernel_size": 3, "stride": 2, "padding": 1, "mode": "max", "ceil_mode": True}
-    out, cache = pool2d_forward(x, **kwargs)  # one block per sample: 5 planes fit
+    out, cache = pool2d_forward(x, **kwargs)  # one block: all 15 planes fit
     dout = rng.standard_normal(out.shape)
     dx = pool2d_backward(dout, cache)
-    monkeypatch.setattr(pool_module, "_BLOCK_BYTES", channels * 9 * 8 * 8)
-    assert len(pool_module._blocks(x, cache[0])) == 2 * -(-5 // channels)
+    monkeypatch.setattr(pool_module, "_BLOCK_BYTES", planes * 9 * 8 * 8)
+    assert len(pool_module._blocks(cache[0], x.itemsize)) == blocks
     blocked, blocked_cache = pool2d_forward(x, **kwargs)
     np.testing.assert_array_equal(blocked, out)
     np.testing.assert_array_equal(pool2d_inference(x, **kwargs), out)
     np.testing.assert_array_equal(pool2d_backward(dout, blocked_cache), dx)
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+@pytest.mark.parametrize("planes", [None, 3], ids=["one-block", "blocks-of-3-planes"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_max_pool_bytes_bounds_what_the_passes_allocate(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, dtype: Any, planes: Any, nan: bool
+) -> None:
+    # The graph engine budgets max pooling by max_pool_bytes: the passes' buffers beside
+    # their input, output (and cached index) and gradients, measured by tracemalloc.
+    x = rng.standard_normal((2, 5, 13, 11)).astype(dtype)
+    if nan:
+        x[1, 2, 4, 4] = np.nan  # the count of first maxima takes its NaN path
+    if planes is not None:
+        monkeypatch.setattr(pool_module, "_BLOCK_BYTES", planes * 13 * 11 * x.itemsize)
+    kwargs = {"kernel_size": 3, "stride": 2, "padding": 1, "mode": "max", "ceil_mode": True}
+    out, cache = pool2d_forward(x, **kwargs)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    forward, backward = pool_module.max_pool_bytes(cache[0], x.itemsize)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        out, cache = pool2d_forward(x, **kwargs)
+        measured_forward = tracemalloc.get_traced_memory()[1] - start - out.nbytes
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        dx = pool2d_backward(dout, cache)
+        measured_backward = tracemalloc.get_traced_memory()[1] - start - dx.nbytes
+    finally:
+        tracemalloc.stop()
+    python = 4096  # the Python objects of the block loop (views, slices, lists)
+    assert measured_forward <= forward + python
+    assert measured_backward <= backward + python
