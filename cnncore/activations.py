@@ -94,11 +94,10 @@ def relu_backward(dout: Any, cache: np.ndarray) -> np.ndarray:
 def masked_gradient(dout: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """``np.where(keep, dout, 0)``: ``dout`` where ``keep`` is true, else +0.0.
 
-    Computed as ``dout * keep`` (``np.where`` of a float array and a scalar has no SIMD
-    loop; ``docs/decisions/2026-12-02-relu-simd-loops.md``), then ``+ 0`` so that the
-    dropped negative values give +0.0, not -0.0. When the product has a NaN (``dout``
-    has one, or a dropped value is infinite: ``inf * 0`` is NaN) it falls back to
-    ``np.where``.
+    Computed on ``dout``'s bits as unsigned integers, times ``keep`` (0 or 1): the kept
+    values exactly (NaN and infinities included) and all-zero bits, +0.0, elsewhere, in
+    one pass with a SIMD loop, which ``np.where`` of a float array and a scalar lacks
+    (``docs/decisions/2026-12-02-relu-simd-loops.md``).
 
     Parameters
     ----------
@@ -106,9 +105,11 @@ def masked_gradient(dout: np.ndarray, keep: np.ndarray) -> np.ndarray:
         Float gradient.
     keep : ndarray of bool, broadcastable to ``dout``
     """
-    with np.errstate(invalid="ignore"):  # inf * 0: handled just below
-        dx = np.multiply(dout, keep)
-    if np.isnan(dx).any():  # a NaN of dout, or a dropped inf: the exact, slower way
+    uint = _BITS.get(dout.dtype)
+    if uint is None:
         return np.where(keep, dout, dout.dtype.type(0))
-    dx += dout.dtype.type(0)
-    return dx
+    return np.multiply(dout.view(uint), keep, dtype=uint).view(dout.dtype)
+
+
+_BITS = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+"""The unsigned integers of a float's width, for :func:`masked_gradient`."""

@@ -59,12 +59,15 @@ def test_relu_rejects(x: Any, error: type) -> None:
     "special",
     ["none", "inf-dropped", "nan-kept", "nan-dropped", "negative-dropped"],
 )
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_masked_gradient_is_np_where_bit_for_bit(
-    special: str, dtype: type, rng: np.random.Generator
+    special: str, dtype: type, strided: bool, rng: np.random.Generator
 ) -> None:
     dout = rng.standard_normal((3, 4, 5)).astype(dtype)
     keep = rng.random(dout.shape) < 0.5
+    if strided:  # views of every other column: the bits are read through the strides
+        dout, keep = dout[:, :, ::2], keep[:, :, ::2]
     dropped, kept = np.flatnonzero(~keep), np.flatnonzero(keep)
     if special == "inf-dropped":
         dout.flat[dropped[:2]] = [np.inf, -np.inf]
