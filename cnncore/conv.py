@@ -592,8 +592,7 @@ def conv2d_backward(
     # above), a group of kernel rows at a time, so that the shares (KH*KW times the
     # input) never exist all at once.
     if dx is None:
-        dxbuf = np.zeros(_buffer_size(g), dtype=w.dtype)
-        dwin = _windows(dxbuf, g, writeable=True)
+        dxbuf = _DxBuffer(g, w.dtype)
         wts = [_kernel_rows(w, g, rows).swapaxes(-1, -2) for rows in plan.row_groups]
 
     def backward_chunk(samples: slice) -> np.ndarray | None:
@@ -603,14 +602,14 @@ def conv2d_backward(
             dcols = dcols.reshape(-1, g.c, rows.stop - rows.start, g.kw, g.out_h, lw)
             for r, i in enumerate(range(rows.start, rows.stop)):
                 for j in range(g.kw):
-                    dwin[samples, :, i, j] += dcols[:, :, r, j]
+                    dxbuf.offset(i, j)[samples] += dcols[:, :, r, j]
         return None if dwb is None else dwb.sum(axis=0)
 
     partials = _map_chunks(backward_chunk, plan.backward_chunks, plan.backward_workers)
     if cols is not None:  # (G, F/G, k [+ 1]), summed in chunk order whichever thread ran it
         dwb = _sum_in_order([p for p in partials if p is not None])
     if dx is None:
-        dx = _unpad(dxbuf, g)
+        dx = dxbuf.dx()
     return dx, *_split_dw(dwb, w, k, cache.has_bias)
 
 
@@ -852,8 +851,7 @@ def _backward_batched(
     db = d.sum(axis=-1).reshape(g.f) if cache.has_bias else None
     if dx is not None:
         return dx, dw, db
-    dxbuf = np.zeros(_buffer_size(g), dtype=w.dtype)
-    dwin = _windows(dxbuf, g, writeable=True)[..., : g.out_w]  # (N, C, KH, KW, oh, ow)
+    dxbuf = _DxBuffer(g, w.dtype)
     # Every kernel row in one GEMM: the shares are the size of the cached columns, and
     # the kernel's rows need no copy (a gather of KW-long runs per kernel row).
     wt = w.reshape(G, g.f // G, -1).swapaxes(-1, -2)
@@ -861,8 +859,8 @@ def _backward_batched(
     for i in range(g.kh):
         for j in range(g.kw):
             share = dcols[:, :, i, j].reshape(g.c, g.n, g.out_h, g.out_w)
-            dwin[:, :, i, j] += share.swapaxes(0, 1)
-    return _unpad(dxbuf, g), dw, db
+            dxbuf.offset(i, j)[..., : g.out_w] += share.swapaxes(0, 1)
+    return dxbuf.dx(), dw, db
 
 
 # --------------------------------------------------------------------------- im2col helpers
@@ -940,6 +938,65 @@ def _window_parts(buf: np.ndarray, g: Conv2dGeometry) -> list[tuple[slice, np.nd
     return parts
 
 
+def _dx_buffer_size(g: Conv2dGeometry) -> int:
+    """Elements of :class:`_DxBuffer`'s buffer."""
+    if g.sw > 1 and g.dw == 1:
+        hp, wp = g.padded_hw
+        return min(g.sw, g.kw) * g.n * g.c * hp * -(-wp // g.sw)
+    return _buffer_size(g)
+
+
+class _DxBuffer:
+    """Where col2im adds dX's shares: a zeroed padded input, written through one view per
+    kernel offset, then cropped to dX.
+
+    With a horizontal stride of 1 (or a dilation), the flat padded buffer of
+    :func:`_buffer_size` and the offsets' :func:`_windows`. With a stride ``sw > 1``, its
+    columns are split into ``sw`` phases, as the forward pass's :func:`_window_parts`
+    reads them: kernel column ``j`` of window column ``l`` is padded column ``l*sw + j``,
+    value ``l + j // sw`` of phase ``j % sw``, so each add writes runs of ``out_w``
+    neighbouring values instead of values ``sw`` apart (no SIMD for those); the phases
+    are interleaved once into dX (``docs/decisions/2026-12-05-conv-col2im-phases.md``).
+    """
+
+    def __init__(self, g: Conv2dGeometry, dtype: np.dtype) -> None:
+        self.g = g
+        hp, wp = g.padded_hw
+        self.phased = g.sw > 1 and g.dw == 1
+        if self.phased:
+            self.buf = np.zeros((min(g.sw, g.kw), g.n, g.c, hp, -(-wp // g.sw)), dtype=dtype)
+            assert self.buf.size == _dx_buffer_size(g)
+        else:
+            self.buf = np.zeros(_buffer_size(g), dtype=dtype)
+            self.windows = _windows(self.buf, g, writeable=True)
+
+    def offset(self, i: int, j: int) -> np.ndarray:
+        """The cells of kernel offset ``(i, j)`` of every window, ``(N, C, out_h, L)``."""
+        g = self.g
+        if not self.phased:
+            return self.windows[:, :, i, j]
+        top = i * g.dh
+        m = j // g.sw
+        return self.buf[
+            j % g.sw, :, :, top : top + (g.out_h - 1) * g.sh + 1 : g.sh, m : m + g.out_w
+        ]
+
+    def dx(self) -> np.ndarray:
+        """dX, ``(N, C, H, W)``: the buffer without its padding."""
+        g = self.g
+        if not self.phased:
+            return _unpad(self.buf, g)
+        # Input column x is padded column x + pl: phase (x + pl) % sw, at (x + pl) // sw.
+        dx = (np.zeros if g.kw < g.sw else np.empty)((g.n, g.c, g.h, g.w), dtype=self.buf.dtype)
+        for r in range(min(g.sw, g.kw)):
+            x0 = (r - g.pl) % g.sw
+            count = len(range(x0, g.w, g.sw))
+            if count:
+                m0 = (x0 + g.pl) // g.sw
+                dx[..., x0 :: g.sw] = self.buf[r, :, :, g.pt : g.pt + g.h, m0 : m0 + count]
+        return dx
+
+
 def _windows(buf: np.ndarray, g: Conv2dGeometry, *, writeable: bool = False) -> np.ndarray:
     """View ``(N, C, KH, KW, out_h, L)`` of every receptive field of the padded input.
 
@@ -989,9 +1046,10 @@ def _memory(plan: ConvPlan, dx: bool) -> Memory:
     depth = max(r.stop - r.start for r in plan.row_groups)
     dw_rows = g.f * (k + bias)
     shares = per_chunk * g.c * depth * g.kw * g.out_h * lw
+    dx_buffer = _dx_buffer_size(g)
     backward = (
         wide
-        + buffer
+        + dx_buffer
         + len(chunks) * dw_rows  # the partial dW of every chunk, kept until summed
         + threads * (per_chunk * dw_rows + shares)  # one chunk's dW GEMM and dX shares
         + 2 * g.f * k  # the kernel rows as GEMM operands; dW cut from the bias column
@@ -1006,7 +1064,7 @@ def _memory(plan: ConvPlan, dx: bool) -> Memory:
         # transposed), then dX.
         cols = buffer
         forward = phases + band + (g.f * (k + 1) if bias else 0)
-        backward = phases + band + 3 * dw_rows + wide + buffer + threads * shares + 2 * g.f * k
+        backward = phases + band + 3 * dw_rows + wide + dx_buffer + threads * shares + 2 * g.f * k
     if plan.path is ConvPath.WHOLE_BATCH:
         # Compact columns, the GEMM's (F, N, ...) output before its transpose (forward);
         # dout transposed, dW, every kernel row's shares. The bias add reads the GEMM
@@ -1015,7 +1073,7 @@ def _memory(plan: ConvPlan, dx: bool) -> Memory:
         pixels = g.n * g.out_h * g.out_w
         cols = g.groups * k * pixels
         forward = buffer + phases + g.f * pixels + np.getbufsize()
-        backward = buffer + g.f * pixels + dw_rows + g.c * g.kh * g.kw * pixels
+        backward = dx_buffer + g.f * pixels + dw_rows + g.c * g.kh * g.kw * pixels
     # col2im's strided in-place adds: numpy's ufunc iterator may buffer up to
     # np.getbufsize() elements of each of their three operands, no more than an operand
     # holds (measured: 94 KB for a float32 layer of 2x8x30x30 padded to 32x32).
