@@ -184,17 +184,24 @@ def _replay(calls: Sequence[Call]) -> list[Callable[[], None]]:
     return segments
 
 
-def floor(
-    calls: Sequence[Call], repeat: int = 5, clock: Callable[[], float] = time.perf_counter
-) -> float:
-    """Seconds the products of ``calls`` take alone, as the pass ran them: the minimum of
-    ``repeat`` replays on ``clock``."""
+def replayer(calls: Sequence[Call]) -> Callable[[], None]:
+    """A function that runs the products of ``calls`` once, as the pass ran them, on
+    fresh operands of the same layouts (to time against the pass, alternating)."""
     segments = _replay(calls)
 
     def once() -> None:
         for seg in segments:
             seg()
 
+    return once
+
+
+def floor(
+    calls: Sequence[Call], repeat: int = 5, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds the products of ``calls`` take alone, as the pass ran them: the minimum of
+    ``repeat`` replays on ``clock``."""
+    once = replayer(calls)
     once()  # warm: operands in memory, BLAS buffers and threads started
     best = float("inf")
     for _ in range(repeat):

@@ -9,7 +9,7 @@ import numpy as np
 
 import cnncore
 import cnncore.threads
-from benchmarks.gemm_floor import Layout, floor, record
+from benchmarks.gemm_floor import Layout, floor, record, replayer
 from cnncore.network import Conv2d, FlattenSpec, Linear, ReluSpec
 
 
@@ -54,3 +54,20 @@ def test_a_graph_pass_is_recorded(rng: np.random.Generator) -> None:
     shapes = {(c.a.shape[-2:], c.b.shape[-2:]) for c in calls}
     assert ((2, 144), (144, 3)) in shapes  # the linear layer
     assert len(calls) >= 2
+
+
+def test_the_replay_makes_the_same_products(rng: np.random.Generator) -> None:
+    """What bench_onnx times against the pass: the same layouts, the same sections."""
+    a = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    b = rng.standard_normal((6, 5))
+
+    def run() -> None:
+        np.matmul(a, a.swapaxes(-1, -2))
+        cnncore.threads.map_threads(lambda m: np.matmul(m, m.T), [b, b], 2)
+
+    calls = record(run)
+    again = record(replayer(calls))
+    assert [(c.a, c.b, c.out) for c in again] == [(c.a, c.b, c.out) for c in calls]
+    # The section's products on threads of their own, the first on the calling thread.
+    assert len({c.thread for c in again[1:]}) == len({c.thread for c in calls[1:]})
+    assert again[0].thread == calls[0].thread
