@@ -39,6 +39,7 @@ The plain-loop twins that read like the tutorial are
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from collections.abc import Callable, Iterator
@@ -379,12 +380,12 @@ def _checked_plan(plan: ConvPlan | None, g: Conv2dGeometry, itemsize: int) -> Co
     if not isinstance(plan, ConvPlan):
         raise ParameterError(f"plan must be a ConvPlan, got {type(plan).__name__}", arg="plan")
     if plan.geom != g or plan.itemsize != itemsize:
-        raise ParameterError(
-            "plan was made for another convolution: "
-            f"{plan.geom.output_shape} of {plan.itemsize}-byte values, "
-            f"this one is {g.output_shape} of {itemsize}-byte values",
-            arg="plan",
+        made = {**dataclasses.asdict(plan.geom), "itemsize": plan.itemsize}
+        here = {**dataclasses.asdict(g), "itemsize": itemsize}
+        diff = ", ".join(
+            f"{k} {made[k]!r} (this one {here[k]!r})" for k in made if made[k] != here[k]
         )
+        raise ParameterError(f"plan was made for another convolution: {diff}", arg="plan")
     return plan
 
 

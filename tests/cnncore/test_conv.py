@@ -541,8 +541,15 @@ def test_a_plan_for_another_convolution_is_refused() -> None:
     with pytest.raises(ParameterError, match=r"plan was made for another convolution") as info:
         conv2d_forward(X4, W4, padding=1, plan=plan)
     assert info.value.arg == "plan"
-    with pytest.raises(ParameterError, match=r"4-byte values"):
+    # It names what differs, and only that.
+    assert str(info.value) == (
+        "plan was made for another convolution: pt 0 (this one 1), pb 0 (this one 1), "
+        "pl 0 (this one 1), pr 0 (this one 1), out_h 3 (this one 5), out_w 3 (this one 5)"
+    )
+    with pytest.raises(ParameterError, match=r"^[^,]*itemsize 8 \(this one 4\)$"):
         conv2d_inference(X4.astype(np.float32), W4.astype(np.float32), plan=plan)
+    with pytest.raises(ParameterError, match=r"^[^,]*bias False \(this one True\)$"):
+        conv2d_forward(X4, W4, np.zeros(4), plan=plan)
     with pytest.raises(ParameterError, match=r"plan must be a ConvPlan, got str"):
         conv2d_forward(X4, W4, plan="bands")  # type: ignore[arg-type]
 
