@@ -14,7 +14,8 @@ log = logging.getLogger("service")
 
 MMAP_THRESHOLD = 64 * 1024 * 1024
 TRIM_THRESHOLD = 256 * 1024 * 1024
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+ARENA_MAX = 1
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt numbers
 
 
 def tune_malloc() -> bool:
@@ -23,6 +24,10 @@ def tune_malloc() -> bool:
     By default glibc returns blocks above 128 KiB-32 MiB to the OS on ``free``, so every
     layer call faults its multi-MB temporaries in again (2.4× slower on a conv; see
     docs/decisions/2026-12-05-service-runtime.md). Memory above 256 MiB is still returned.
+    And every thread shares the main arena: glibc gives other threads arenas of their own
+    whose emptied heaps it unmaps whatever the trim threshold, so a graph's batch part on
+    a worker thread faulted its buffers in again on every pass (6,400 page faults and 5%
+    of a ResNet-18 training step; same record).
 
     Returns whether the settings were applied (``False`` off glibc, e.g. on musl or macOS).
     """
@@ -32,8 +37,13 @@ def tune_malloc() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    applied = all(
+        mallopt(option, value)
+        for option, value in (
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (_M_ARENA_MAX, ARENA_MAX),
+        )
     )
     if not applied:
         log.warning("could not tune glibc malloc thresholds; layer calls may be slower")
