@@ -260,6 +260,14 @@ def test_sigmoid_tails_neither_overflow_nor_cancel() -> None:
     assert np.all(np.isfinite(dx))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_of_special_values(dtype: Any) -> None:
+    g = import_model(model([node("Sigmoid", ["input"])], (1, 5), {}, dtype))
+    x = np.array([[np.nan, np.inf, -np.inf, -0.0, 0.0]], dtype)
+    out = g.forward(x)[0]
+    np.testing.assert_array_equal(out, np.array([[np.nan, 1.0, 0.0, 0.5, 0.5]], dtype))
+
+
 @pytest.mark.parametrize("op", ["mul", "sub", "div"])
 def test_the_batch_is_split_only_where_samples_stay_apart(op: str) -> None:
     """A parameter of shape (1, C, 1, 1) or (C, 1, 1) broadcasts the same values to every
