@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -939,12 +940,19 @@ def _window_parts(buf: np.ndarray, g: Conv2dGeometry) -> list[tuple[slice, np.nd
     return parts
 
 
+def _dx_phases(g: Conv2dGeometry) -> tuple[int, int, int, int, int] | None:
+    """The shape of :class:`_DxBuffer`'s column phases, ``(phases, N, C, Hp, ceil(Wp /
+    sw))``, or None when it adds into the flat padded buffer (stride 1, or a dilation)."""
+    if g.sw == 1 or g.dw != 1:
+        return None
+    hp, wp = g.padded_hw
+    return min(g.sw, g.kw), g.n, g.c, hp, -(-wp // g.sw)
+
+
 def _dx_buffer_size(g: Conv2dGeometry) -> int:
     """Elements of :class:`_DxBuffer`'s buffer."""
-    if g.sw > 1 and g.dw == 1:
-        hp, wp = g.padded_hw
-        return min(g.sw, g.kw) * g.n * g.c * hp * -(-wp // g.sw)
-    return _buffer_size(g)
+    phases = _dx_phases(g)
+    return _buffer_size(g) if phases is None else math.prod(phases)
 
 
 class _DxBuffer:
@@ -962,13 +970,10 @@ class _DxBuffer:
 
     def __init__(self, g: Conv2dGeometry, dtype: np.dtype) -> None:
         self.g = g
-        hp, wp = g.padded_hw
-        self.phased = g.sw > 1 and g.dw == 1
-        if self.phased:
-            self.buf = np.zeros((min(g.sw, g.kw), g.n, g.c, hp, -(-wp // g.sw)), dtype=dtype)
-            assert self.buf.size == _dx_buffer_size(g)
-        else:
-            self.buf = np.zeros(_buffer_size(g), dtype=dtype)
+        phases = _dx_phases(g)
+        self.phased = phases is not None
+        self.buf = np.zeros(_dx_buffer_size(g) if phases is None else phases, dtype=dtype)
+        if phases is None:
             self.windows = _windows(self.buf, g, writeable=True)
 
     def offset(self, i: int, j: int) -> np.ndarray:

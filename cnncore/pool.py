@@ -374,14 +374,15 @@ def _max_pool(
     """
     lay = _Phases.of(g)
     blocks = _blocks(g, x.itemsize)
-    most = lay.length(max(_plane_count(b) for b in blocks))
-    buf = lay.buffer(max(_plane_count(b) for b in blocks), x.dtype, -np.inf)
+    most_planes = max(_plane_count(b) for b in blocks)
+    most = lay.length(most_planes)
+    buf = lay.buffer(most_planes, x.dtype, -np.inf)
     wide = np.empty(most, dtype=x.dtype)
     out = np.empty(g.output_shape, dtype=x.dtype)
-    index = np.empty(g.output_shape, np.min_scalar_type(g.kh * g.kw - 1)) if first else None
-    count = np.empty(most, dtype=np.min_scalar_type(g.kh * g.kw - 1))
-    before = np.empty(most, dtype=bool)  # no cell so far held the maximum
-    missed = np.empty(most, dtype=bool)
+    kind = np.min_scalar_type(g.kh * g.kw - 1)
+    index = np.empty(g.output_shape, kind) if first else None
+    # The count of first maxima; whether no cell so far held the maximum; this cell not.
+    tally = (np.empty(most, kind), np.empty(most, bool), np.empty(most, bool)) if first else None
     for block in blocks:
         planes = _plane_count(block)
         n = lay.length(planes)
@@ -393,8 +394,9 @@ def _max_pool(
         for cell in cells[1:]:
             np.maximum(wide[:n], cell, out=wide[:n])
         out[block] = lay.crop(wide[:n]).reshape(out[block].shape)
-        if index is None:
+        if index is None or tally is None:
             continue
+        count, before, missed = tally
         has_nan = bool(np.isnan(wide[:n]).any())
         count[:n] = 0
         before[:n] = True
